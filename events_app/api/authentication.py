@@ -1,0 +1,49 @@
+"""DRF's view of ``events_app.auth``: the principal becomes ``request.auth``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from ..auth import Principal, anonymous_allowed, authenticate, http_token
+from ..exceptions import NotAuthenticated
+
+
+class HumanInputAuthentication(BaseAuthentication):
+    """API key or scoped token (Bearer header or ``?token=``), else a staff session.
+
+    Session-authenticated requests get DRF's CSRF check, like
+    ``SessionAuthentication``: a cookie alone must not be able to write.
+    """
+
+    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
+        django_request = request._request
+        token = http_token(django_request)
+        if token:
+            try:
+                return (None, authenticate(token=token))
+            except NotAuthenticated as error:
+                raise exceptions.AuthenticationFailed(error.detail) from None
+        user = getattr(django_request, "user", None)
+        if user is not None and user.is_authenticated and user.is_staff:
+            SessionAuthentication().enforce_csrf(request)
+            return (user, authenticate(token=None, user=user))
+        if anonymous_allowed():
+            return (None, authenticate(token=None))
+        return None
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="humaninput"'
+
+
+class HasPrincipal(BasePermission):
+    """Passes once ``HumanInputAuthentication`` produced a principal; else 401."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if isinstance(request.auth, Principal):
+            return True
+        raise exceptions.NotAuthenticated()

@@ -1,0 +1,125 @@
+"""Polling and health, as async DRF views (adrf), so a long poll holds no thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.utils import timezone
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from ..auth import READ, authorize
+from ..conf import humaninput_settings
+from ..events import format_timestamp
+from ..log import (
+    aevents_after,
+    aresolve_cursor,
+    parse_bounded_number,
+    parse_cursor,
+    validate_execution_id,
+)
+from ..subscription import ExecutionSubscription
+from .authentication import HasPrincipal
+
+logger = logging.getLogger(__name__)
+
+
+class PollView(APIView):
+    """``GET /poll/human-input/<execution_id>``: the events past ``last_event_id``.
+
+    ``?limit=`` caps the page (oldest first); ``?wait=`` seconds turns it into
+    a long poll that answers as soon as an event exists past the cursor.
+    """
+
+    permission_classes = [HasPrincipal]
+
+    async def get(self, request: Request, execution_id: str) -> Response:
+        execution_id = validate_execution_id(execution_id)
+        authorize(request.auth, execution_id=execution_id, scope=READ)
+        params = request.query_params
+        cursor = parse_cursor(params.get("last_event_id"))
+        limit = int(
+            parse_bounded_number(
+                params.get("limit"),
+                name="limit",
+                default=humaninput_settings.POLL_DEFAULT_LIMIT,
+                minimum=1,
+                maximum=humaninput_settings.POLL_MAX_LIMIT,
+                integer=True,
+            )
+        )
+        wait = parse_bounded_number(
+            params.get("wait"),
+            name="wait",
+            default=0,
+            minimum=0,
+            maximum=humaninput_settings.POLL_MAX_WAIT_SECONDS,
+            integer=False,
+        )
+        after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
+        if wait <= 0:
+            events = await aevents_after(execution_id=execution_id, after_sequence=after, limit=limit)
+        else:
+            async with ExecutionSubscription(
+                execution_id=execution_id, after_sequence=after, max_read=limit
+            ) as subscription:
+                events = await subscription.read_log() or await subscription.next_events(wait)
+        if events:
+            last_event_id: str | None = events[-1]["event_id"]
+        else:
+            last_event_id = str(cursor) if cursor is not None and after else None
+        return Response({"events": events, "last_event_id": last_event_id})
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _check_channel_layer() -> None:
+    layer: Any = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel("humaninput-health")
+    token = uuid.uuid4().hex
+    await layer.send(channel, {"type": "health.check", "token": token})
+    message = await layer.receive(channel)
+    if message.get("token") != token:
+        raise RuntimeError("channel layer returned a different message")
+
+
+class HealthView(APIView):
+    """``GET /health``: 200 if the database and the channel layer answer, else 503."""
+
+    authentication_classes: list[Any] = []
+    permission_classes: list[Any] = []
+
+    async def get(self, request: Request) -> Response:
+        checks = {
+            "database": await self._run(sync_to_async(_check_database)(), "database"),
+            "channel_layer": await self._run(_check_channel_layer(), "channel_layer"),
+        }
+        healthy = all(result == "ok" for result in checks.values())
+        body = {
+            "status": "healthy" if healthy else "unhealthy",
+            "timestamp": format_timestamp(timezone.now()),
+            "checks": checks,
+        }
+        return Response(body, status=200 if healthy else 503)
+
+    @staticmethod
+    async def _run(check: Any, name: str) -> str:
+        try:
+            await asyncio.wait_for(check, timeout=3)
+        except Exception as error:
+            logger.warning("health check %s failed: %r", name, error)
+            return f"error: {type(error).__name__}"
+        return "ok"

@@ -1,0 +1,90 @@
+"""Domain errors. Each transport maps them to an HTTP status or a WS close code in one table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HumanInputError(Exception):
+    """Base of every error a client can cause. ``code`` is the stable machine name."""
+
+    code = "error"
+    http_status = 400
+    ws_close_code = 4400
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = detail or self.default_detail
+        self.extra = extra
+        super().__init__(self.detail)
+
+    default_detail = "Bad request."
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "detail": self.detail, **self.extra}
+
+
+class InvalidExecutionId(HumanInputError):
+    code = "invalid_execution_id"
+    default_detail = "execution_id must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+
+
+class InvalidCursor(HumanInputError):
+    code = "invalid_cursor"
+    default_detail = "last_event_id must be an event_id (a UUID)."
+
+
+class InvalidParameter(HumanInputError):
+    code = "invalid_parameter"
+    default_detail = "Invalid query parameter."
+
+
+class NotAuthenticated(HumanInputError):
+    code = "not_authenticated"
+    http_status = 401
+    ws_close_code = 4401
+    default_detail = "A valid token is required."
+
+
+class PermissionDenied(HumanInputError):
+    code = "permission_denied"
+    http_status = 403
+    ws_close_code = 4403
+    default_detail = "This token is not valid for this execution or action."
+
+
+class NotFound(HumanInputError):
+    code = "not_found"
+    http_status = 404
+    ws_close_code = 4404
+    default_detail = "No such request."
+
+
+class AlreadyResolved(HumanInputError):
+    """The request is no longer pending: someone answered, cancelled or it expired."""
+
+    code = "conflict"
+    http_status = 409
+    ws_close_code = 4409
+    default_detail = "This request is no longer pending."
+
+
+class AlreadyAnswered(AlreadyResolved):
+    code = "already_answered"
+    default_detail = "This request has already been answered."
+
+
+class InvalidMessage(HumanInputError):
+    """A WebSocket client frame we cannot act on (the connection stays open)."""
+
+    code = "invalid_message"
+    default_detail = "Messages must be JSON objects with a known type."
+
+
+class InvalidJson(InvalidMessage):
+    code = "invalid_json"
+    default_detail = "Invalid JSON."
+
+
+class UnknownMessageType(InvalidMessage):
+    code = "unknown_type"
+    default_detail = "Unknown message type."

@@ -1,0 +1,11 @@
+"""WebSocket routes of the app, for the project's ``URLRouter``."""
+
+from django.urls import re_path
+
+from .consumers import HumanInputEventConsumer
+
+# Anything after the prefix reaches the consumer, which closes 4400 on an
+# invalid execution id rather than leaving the router to drop the socket.
+websocket_urlpatterns = [
+    re_path(r"^ws/human-input/(?P<execution_id>.*)$", HumanInputEventConsumer.as_asgi()),
+]

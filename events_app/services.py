@@ -1,0 +1,247 @@
+"""The only write path: create, respond, cancel, expire.
+
+Each function is one transaction that changes a request and appends its
+event to the log; the ``post_save`` receiver in ``signals`` announces the
+event after commit. Functions take keyword-only arguments, return model
+objects and raise the domain errors of ``exceptions``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connections, router, transaction
+from django.utils import timezone
+
+from .events import build_payload
+from .exceptions import AlreadyAnswered, AlreadyResolved, InvalidParameter, NotFound
+from .log import validate_execution_id
+from .models import (
+    EventType,
+    ExecutionSequence,
+    HumanInputEvent,
+    HumanInputRequest,
+    RequestStatus,
+    default_reason_flags,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _allocate_sequence(*, execution_id: str, using: str) -> int:
+    """Next ``sequence`` of ``execution_id``; call inside the writer's transaction.
+
+    A single ``INSERT .. ON CONFLICT DO UPDATE .. RETURNING`` (PostgreSQL and
+    SQLite >= 3.35): the first event creates the counter at 1, later ones
+    increment it under the row's write lock, which is held until commit.
+    """
+    connection = connections[using]
+    table = connection.ops.quote_name(ExecutionSequence._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (execution_id, last_sequence) VALUES (%s, 1) "
+            f"ON CONFLICT (execution_id) DO UPDATE "
+            f"SET last_sequence = {table}.last_sequence + 1 "
+            f"RETURNING last_sequence",
+            [execution_id],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def _append_event(*, request: HumanInputRequest, event_type: str, now: datetime) -> HumanInputEvent:
+    using = router.db_for_write(HumanInputEvent)
+    sequence = _allocate_sequence(execution_id=request.execution_id, using=using)
+    event_id = uuid.uuid4()
+    payload = build_payload(
+        event_type=event_type, request=request, event_id=event_id, sequence=sequence, timestamp=now
+    )
+    return HumanInputEvent.objects.using(using).create(
+        event_id=event_id,
+        execution_id=request.execution_id,
+        sequence=sequence,
+        type=event_type,
+        payload=payload,
+        request=request,
+        created_at=now,
+    )
+
+
+def coerce_request_id(value: Any) -> uuid.UUID:
+    """A request id from user input, or ``InvalidParameter``."""
+    if isinstance(value, uuid.UUID):
+        return value
+    if not isinstance(value, str):
+        raise InvalidParameter("request_id must be a UUID string.", field="request_id")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidParameter("request_id must be a UUID.", field="request_id") from None
+
+
+def request_create(
+    *,
+    execution_id: str,
+    prompt: str,
+    crew_id: str = "",
+    task_id: str = "",
+    agent_id: str = "",
+    context: str = "",
+    reason_flags: Mapping[str, Any] | None = None,
+    timeout_seconds: float | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> HumanInputRequest:
+    """Store a new pending request and its ``human_input_required`` event."""
+    execution_id = validate_execution_id(execution_id)
+    now = timezone.now()
+    flags = default_reason_flags()
+    flags.update(reason_flags or {})
+    with transaction.atomic():
+        request = HumanInputRequest.objects.create(
+            execution_id=execution_id,
+            prompt=prompt,
+            crew_id=crew_id,
+            task_id=task_id,
+            agent_id=agent_id,
+            context=context,
+            reason_flags=flags,
+            metadata=dict(metadata or {}),
+            created_at=now,
+            expires_at=now + timedelta(seconds=timeout_seconds) if timeout_seconds else None,
+        )
+        _append_event(request=request, event_type=EventType.REQUIRED, now=now)
+    logger.info(
+        "request created",
+        extra={"request_id": str(request.id), "execution_id": execution_id},
+    )
+    return request
+
+
+def _resolve(
+    *,
+    request_id: Any,
+    status: str,
+    event_type: str,
+    response: str = "",
+    responded_by: str = "",
+    execution_id: str | None = None,
+) -> HumanInputRequest:
+    """Move a pending request to ``status`` with its event, first caller wins.
+
+    The row is locked (``SELECT .. FOR UPDATE`` on PostgreSQL, the IMMEDIATE
+    write lock on SQLite), so of many concurrent callers exactly one sees
+    ``pending``. A request found past ``expires_at`` is expired on the spot
+    (that change commits) and the caller gets the conflict.
+    """
+    request_uuid = coerce_request_id(request_id)
+    conflict: AlreadyResolved | None = None
+    with transaction.atomic():
+        try:
+            request = HumanInputRequest.objects.select_for_update().get(pk=request_uuid)
+        except HumanInputRequest.DoesNotExist:
+            raise NotFound() from None
+        if execution_id is not None and request.execution_id != execution_id:
+            raise NotFound()  # a connection scoped to one execution sees no other
+        now = timezone.now()
+        if (
+            request.is_pending
+            and request.expires_at
+            and request.expires_at <= now
+            and status != RequestStatus.EXPIRED
+        ):
+            _apply(request=request, status=RequestStatus.EXPIRED, event_type=EventType.EXPIRED, now=now)
+        if not request.is_pending:
+            error = AlreadyAnswered if request.status == RequestStatus.COMPLETED else AlreadyResolved
+            conflict = error(
+                f"This request is already {request.status}.",
+                status=request.status,
+                request_id=str(request.id),
+            )
+            conflict.request = request
+        else:
+            _apply(
+                request=request,
+                status=status,
+                event_type=event_type,
+                now=now,
+                response=response,
+                responded_by=responded_by,
+            )
+    if conflict is not None:
+        raise conflict
+    logger.info(
+        "request %s",
+        status,
+        extra={"request_id": str(request.id), "execution_id": request.execution_id, "by": responded_by},
+    )
+    return request
+
+
+def _apply(
+    *,
+    request: HumanInputRequest,
+    status: str,
+    event_type: str,
+    now: datetime,
+    response: str = "",
+    responded_by: str = "",
+) -> None:
+    request.status = status
+    request.response = response
+    request.responded_by = responded_by
+    request.responded_at = now
+    request.save(update_fields=["status", "response", "responded_by", "responded_at"])
+    _append_event(request=request, event_type=event_type, now=now)
+
+
+def request_respond(
+    *, request_id: Any, response: str, responded_by: str = "", execution_id: str | None = None
+) -> HumanInputRequest:
+    """Record the human's answer; a later answer or cancel raises ``AlreadyResolved``.
+
+    ``execution_id``, when given, must be the request's (else ``NotFound``).
+    """
+    return _resolve(
+        request_id=request_id,
+        execution_id=execution_id,
+        status=RequestStatus.COMPLETED,
+        event_type=EventType.COMPLETED,
+        response=response,
+        responded_by=responded_by,
+    )
+
+
+def request_cancel(
+    *, request_id: Any, cancelled_by: str = "", execution_id: str | None = None
+) -> HumanInputRequest:
+    """Withdraw a pending request (``human_input_cancelled``)."""
+    return _resolve(
+        request_id=request_id,
+        execution_id=execution_id,
+        status=RequestStatus.CANCELLED,
+        event_type=EventType.CANCELLED,
+        responded_by=cancelled_by,
+    )
+
+
+def request_expire(*, request_id: Any) -> HumanInputRequest:
+    """Mark a pending request expired (``human_input_expired``)."""
+    return _resolve(request_id=request_id, status=RequestStatus.EXPIRED, event_type=EventType.EXPIRED)
+
+
+def requests_expire_due(*, now: datetime | None = None) -> list[HumanInputRequest]:
+    """Expire every pending request whose ``expires_at`` has passed; returns those expired."""
+    now = now or timezone.now()
+    due = HumanInputRequest.objects.filter(status=RequestStatus.PENDING, expires_at__lte=now).values_list(
+        "id", flat=True
+    )
+    expired = []
+    for request_id in list(due):
+        try:
+            expired.append(request_expire(request_id=request_id))
+        except AlreadyResolved:
+            continue  # answered or cancelled meanwhile: the answer stands
+    return expired

@@ -1,0 +1,72 @@
+"""The Server-Sent Events transport: ``GET /events/human-input/<execution_id>``.
+
+An async view, so a connected client costs a coroutine, not a thread. The
+stream starts with ``retry:``, replays the log past the client's cursor
+(``Last-Event-ID`` header, else ``?last_event_id=``), then follows the
+execution live, with a heartbeat after each quiet
+``HUMANINPUT_SSE_HEARTBEAT_SECONDS``. When the client goes away Django
+cancels the generator and ``ExecutionSubscription`` gives the group back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from .auth import READ, aauthenticate_request, authorize
+from .conf import humaninput_settings
+from .events import format_timestamp
+from .exceptions import HumanInputError
+from .http import error_response
+from .log import Payload, aresolve_cursor, parse_cursor, validate_execution_id
+from .subscription import ExecutionSubscription
+
+
+def format_event(payload: Payload) -> str:
+    return f"id: {payload['event_id']}\ndata: {json.dumps(payload)}\n\n"
+
+
+def format_heartbeat() -> str:
+    beat = {"type": "heartbeat", "timestamp": format_timestamp(timezone.now())}
+    return f"data: {json.dumps(beat)}\n\n"
+
+
+async def _stream(execution_id: str, after_sequence: int) -> AsyncIterator[str]:
+    loop = asyncio.get_running_loop()
+    yield f"retry: {humaninput_settings.SSE_RETRY_MILLISECONDS}\n\n"
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=after_sequence
+    ) as subscription:
+        for payload in await subscription.read_log():
+            yield format_event(payload)
+        quiet_since = loop.time()
+        while True:
+            heartbeat = humaninput_settings.SSE_HEARTBEAT_SECONDS
+            wait = max(0.0, quiet_since + heartbeat - loop.time())
+            events = await subscription.next_events(max_wait=wait)
+            if events:
+                yield "".join(format_event(payload) for payload in events)
+            else:
+                yield format_heartbeat()
+            quiet_since = loop.time()
+
+
+@require_GET
+async def human_input_stream(request: HttpRequest, execution_id: str) -> HttpResponse:
+    try:
+        principal = await aauthenticate_request(request)
+        execution_id = validate_execution_id(execution_id)
+        cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.GET.get("last_event_id"))
+        authorize(principal, execution_id=execution_id, scope=READ)
+    except HumanInputError as error:
+        return error_response(error)
+    after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
+    response = StreamingHttpResponse(_stream(execution_id, after), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response

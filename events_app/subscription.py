@@ -1,0 +1,117 @@
+"""Following an execution from code that is not a consumer: the SSE and long-poll views.
+
+An ``ExecutionSubscription`` joins the execution's group on a channel of its
+own, reads the log once, then waits for doorbells; between doorbells it
+re-reads the log every ``HUMANINPUT_CATCHUP_SECONDS``. If the channel layer
+is unreachable it keeps working on catch-up reads alone and retries the
+group at each of them, so a Redis outage slows delivery but loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any
+
+from channels.layers import get_channel_layer
+
+from .conf import humaninput_settings
+from .events import group_name
+from .log import LogFollower, Payload
+
+logger = logging.getLogger(__name__)
+
+
+class ExecutionSubscription:
+    """Use as ``async with``; leaving it always gives the group membership back."""
+
+    def __init__(self, *, execution_id: str, after_sequence: int, max_read: int | None = None) -> None:
+        self.execution_id = execution_id
+        self.group = group_name(execution_id)
+        self.follower = LogFollower(
+            execution_id=execution_id, after_sequence=after_sequence, max_read=max_read
+        )
+        self.layer: Any = get_channel_layer()
+        self.channel: str | None = None
+        self._loop = asyncio.get_running_loop()
+        self._next_catch_up = 0.0
+
+    async def __aenter__(self) -> ExecutionSubscription:
+        await self._join()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._leave()
+
+    async def _join(self) -> None:
+        if self.layer is None or self.channel is not None:
+            return
+        try:
+            channel = await self.layer.new_channel("humaninput-sub")
+            await self.layer.group_add(self.group, channel)
+        except Exception:
+            logger.warning(
+                "channel layer unavailable; following %s by catch-up reads only",
+                self.execution_id,
+                exc_info=True,
+            )
+            return
+        self.channel = channel
+
+    async def _leave(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is None:
+            return
+        # Shielded: this runs while the view is being cancelled (client gone),
+        # and the membership must be given back all the same.
+        try:
+            await asyncio.shield(self.layer.group_discard(self.group, channel))
+        except Exception:
+            logger.warning("could not leave group %s", self.group, exc_info=True)
+
+    async def read_log(self) -> list[Payload]:
+        """Everything past the cursor, now; resets the catch-up timer."""
+        self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
+        return await self.follower.catch_up()
+
+    async def next_events(self, max_wait: float) -> list[Payload]:
+        """New events, waiting at most ``max_wait`` seconds; ``[]`` if none came."""
+        deadline = self._loop.time() + max_wait
+        while True:
+            now = self._loop.time()
+            if now >= self._next_catch_up:
+                if self.channel is None:
+                    await self._join()
+                events = await self.read_log()
+                if events:
+                    return events
+                now = self._loop.time()
+            if now >= deadline:
+                return []
+            wait = min(deadline, self._next_catch_up) - now
+            message = await self._receive(wait)
+            if message is not None:
+                events = await self.follower.on_doorbell(
+                    sequence=int(message.get("sequence", 0)), payload=message.get("event")
+                )
+                if events:
+                    return events
+
+    async def _receive(self, wait: float) -> dict[str, Any] | None:
+        if self.channel is None:
+            await asyncio.sleep(wait)
+            return None
+        try:
+            return await asyncio.wait_for(self.layer.receive(self.channel), timeout=wait)
+        except TimeoutError:
+            return None
+        except Exception:
+            logger.warning("lost the channel layer; falling back to catch-up reads", exc_info=True)
+            self.channel = None
+            return None

@@ -1,0 +1,23 @@
+"""ASGI entry point: HTTP through Django, WebSocket through channels' router."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "humaninput_project.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from events_app.daphne_compat import enforce_websocket_limits  # noqa: E402
+from events_app.routing import websocket_urlpatterns  # noqa: E402
+
+enforce_websocket_limits()
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+    }
+)
