@@ -154,3 +154,12 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
             responded_by=self.principal.name,
             execution_id=self.execution_id,
         )
+
+
+class UnknownRouteConsumer(AsyncWebsocketConsumer):
+    """Any other WebSocket path: accept, then close 4404, instead of a router traceback."""
+
+    async def connect(self) -> None:
+        """Called on the handshake of a path no route matched."""
+        await self.accept()
+        await self.close(code=4404)

@@ -10,6 +10,7 @@ group at each of them, so a Redis outage slows delivery but loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from types import TracebackType
 from typing import Any
@@ -36,6 +37,10 @@ class ExecutionSubscription:
         self.channel: str | None = None
         self._loop = asyncio.get_running_loop()
         self._next_catch_up = 0.0
+        # One long-lived receive per channel, like a consumer's: cancelling a
+        # channels_redis receive() mid-wait can lose what it was handed.
+        self._doorbells: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._receiver: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ExecutionSubscription:
         await self._join()
@@ -53,7 +58,10 @@ class ExecutionSubscription:
         if self.layer is None or self.channel is not None:
             return
         try:
-            channel = await self.layer.new_channel("humaninput-sub")
+            # The layer's default prefix on purpose: channels_redis serves every
+            # process-local channel of one prefix from one Redis list, read by
+            # whichever receiver holds its lock (consumers use the default too).
+            channel = await self.layer.new_channel()
             await self.layer.group_add(self.group, channel)
         except Exception:
             logger.warning(
@@ -63,8 +71,25 @@ class ExecutionSubscription:
             )
             return
         self.channel = channel
+        self._receiver = asyncio.create_task(self._receive_forever(channel))
+
+    async def _receive_forever(self, channel: str) -> None:
+        try:
+            while True:
+                self._doorbells.put_nowait(await self.layer.receive(channel))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("lost the channel layer; falling back to catch-up reads", exc_info=True)
+            if self.channel == channel:
+                self.channel = None
 
     async def _leave(self) -> None:
+        receiver, self._receiver = self._receiver, None
+        if receiver is not None:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receiver
         channel, self.channel = self.channel, None
         if channel is None:
             return
@@ -104,14 +129,7 @@ class ExecutionSubscription:
                     return events
 
     async def _receive(self, wait: float) -> dict[str, Any] | None:
-        if self.channel is None:
-            await asyncio.sleep(wait)
-            return None
         try:
-            return await asyncio.wait_for(self.layer.receive(self.channel), timeout=wait)
+            return await asyncio.wait_for(self._doorbells.get(), timeout=wait)
         except TimeoutError:
-            return None
-        except Exception:
-            logger.warning("lost the channel layer; falling back to catch-up reads", exc_info=True)
-            self.channel = None
             return None

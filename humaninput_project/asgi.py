@@ -10,14 +10,15 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from events_app.daphne_compat import enforce_websocket_limits  # noqa: E402
-from events_app.routing import websocket_urlpatterns  # noqa: E402
+from events_app.daphne_compat import enforce_websocket_limits, mask_access_log_tokens  # noqa: E402
+from events_app.routing import fallback_websocket_urlpatterns, websocket_urlpatterns  # noqa: E402
 
 enforce_websocket_limits()
+mask_access_log_tokens()
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns + fallback_websocket_urlpatterns)),
     }
 )

@@ -122,7 +122,14 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # Several comma-separated URLs shard channels over several Redis
+                # servers. redis-py 8 reads with a 5 s socket timeout by default,
+                # which aborts channels_redis' blocking 5 s BZPOPMIN: give reads
+                # more time than that (and still fail on a dead server).
+                "hosts": [
+                    {"address": url, "socket_timeout": 15, "socket_connect_timeout": 3}
+                    for url in env_list("REDIS_URL", "")
+                ],
                 "capacity": 1000,
                 "expiry": 60,
             },

@@ -88,7 +88,7 @@ async def _check_channel_layer() -> None:
     layer: Any = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer configured")
-    channel = await layer.new_channel("humaninput-health")
+    channel = await layer.new_channel()
     token = uuid.uuid4().hex
     await layer.send(channel, {"type": "health.check", "token": token})
     message = await layer.receive(channel)

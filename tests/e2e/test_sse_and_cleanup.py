@@ -1,0 +1,69 @@
+"""SSE keeps idle streams alive; clients that vanish leave nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import datetime
+
+import pytest
+import redis.asyncio as aioredis
+
+from events_app.events import format_timestamp, group_name
+
+from .conftest import catch_up_interval, running_server, sse_connect, ws_connect
+
+# Membership of a group held by another process is visible only in Redis, so
+# this test always runs its own Redis-backed daphne (Redis is on every machine).
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+async def test_idle_sse_stream_gets_heartbeats_without_ids(server, api_key, execution_id):
+    async with sse_connect(server, execution_id, token=api_key) as sse:
+        assert await sse.next_message() == {"retry": "3000"}
+        for _ in range(2):
+            beat = await sse.next_message(deadline=5)
+            assert set(beat) == {"data"}  # no id: heartbeats are not resumable events
+            data = json.loads(beat["data"])
+            assert data["type"] == "heartbeat"
+            assert set(data) == {"type", "timestamp"}
+            assert data["timestamp"] == format_timestamp(datetime.fromisoformat(data["timestamp"]))
+
+
+def group_key(execution_id: str) -> str:
+    return f"asgi:group:{group_name(execution_id)}"
+
+
+async def wait_for_members(
+    client: aioredis.Redis, execution_id: str, expected: int, deadline: float = 10
+) -> int:
+    end = time.monotonic() + deadline
+    while True:
+        members = await client.zcard(group_key(execution_id))
+        if members == expected or time.monotonic() > end:
+            return members
+        await asyncio.sleep(0.05)  # polling Redis state with a deadline
+
+
+async def test_vanished_clients_give_their_group_membership_back(tmp_path, api_key, execution_id):
+    client = aioredis.from_url(TEST_REDIS_URL)
+    with running_server(
+        tmp_path, REDIS_URL=TEST_REDIS_URL, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()
+    ) as server:
+        await check_membership_is_released(server, client, api_key, execution_id)
+    await client.aclose()
+
+
+async def check_membership_is_released(server, client, api_key, execution_id):
+    ws = await ws_connect(server, execution_id, token=api_key)
+    async with sse_connect(server, execution_id, token=api_key) as sse:
+        await sse.next_message()
+        assert await wait_for_members(client, execution_id, 2) == 2
+    # The SSE client hung up mid-stream.
+    assert await wait_for_members(client, execution_id, 1) == 1
+    ws.transport.abort()  # the WebSocket client vanishes without a close frame
+    assert await wait_for_members(client, execution_id, 0) == 0

@@ -1,0 +1,195 @@
+"""Publishing: each committed event rings its execution's group once; failures never fail the write.
+
+These run against whatever channel layer the settings configure: the
+in-memory layer on the embedded default, Redis when ``REDIS_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.test import override_settings
+
+from events_app import services, signals
+from events_app.events import group_name
+from events_app.models import HumanInputEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHANNELS_GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,99}$")
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+async def subscriber(execution_id):
+    """A channel of the real layer, joined to ``execution_id``'s group for the test."""
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(execution_id), channel)
+    yield layer, channel
+    await layer.group_discard(group_name(execution_id), channel)
+
+
+@pytest.fixture
+def app_log(caplog):
+    """``caplog`` that also sees ``events_app`` records (that logger does not propagate)."""
+    logger = logging.getLogger("events_app")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+create_request = database_sync_to_async(services.request_create)
+
+
+async def test_committed_event_rings_its_group_with_sequence_and_payload(execution_id, subscriber):
+    layer, channel = subscriber
+    request = await create_request(execution_id=execution_id, prompt="Approve?")
+    message = await asyncio.wait_for(layer.receive(channel), timeout=5)
+    stored = await HumanInputEvent.objects.aget(request=request)
+    assert message == {"type": "humaninput.event", "sequence": 1, "event": stored.payload}
+
+
+async def test_each_event_rings_once_in_sequence_order(execution_id, subscriber):
+    layer, channel = subscriber
+    request = await create_request(execution_id=execution_id, prompt="Approve?")
+    await database_sync_to_async(services.request_respond)(request_id=request.id, response="yes")
+    first = await asyncio.wait_for(layer.receive(channel), timeout=5)
+    second = await asyncio.wait_for(layer.receive(channel), timeout=5)
+    assert [first["sequence"], second["sequence"]] == [1, 2]
+    assert second["event"]["type"] == "human_input_completed"
+
+
+def create_then_roll_back(execution_id: str) -> None:
+    with transaction.atomic():
+        services.request_create(execution_id=execution_id, prompt="never happened")
+        raise Boom
+
+
+async def test_rolled_back_write_announces_nothing(execution_id, subscriber):
+    layer, channel = subscriber
+    with pytest.raises(Boom):
+        await database_sync_to_async(create_then_roll_back)(execution_id)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), timeout=0.3)
+    assert not await HumanInputEvent.objects.filter(execution_id=execution_id).aexists()
+
+
+async def test_first_announcement_after_a_rollback_is_the_committed_event(execution_id, subscriber):
+    layer, channel = subscriber
+    with pytest.raises(Boom):
+        await database_sync_to_async(create_then_roll_back)(execution_id)
+    committed = await create_request(execution_id=execution_id, prompt="real")
+    message = await asyncio.wait_for(layer.receive(channel), timeout=5)
+    assert message["event"]["request_id"] == str(committed.id)
+    assert message["sequence"] == 1
+
+
+def test_successful_publish_is_counted(execution_id):
+    before = signals.publish_stats["published"]
+    services.request_create(execution_id=execution_id, prompt="?")
+    assert signals.publish_stats["published"] == before + 1
+
+
+# --- a failing channel layer -------------------------------------------------------
+
+
+class RaisingLayer:
+    async def group_send(self, group, message):
+        raise ConnectionError("redis is down")
+
+
+class HangingLayer:
+    async def group_send(self, group, message):
+        await asyncio.Event().wait()
+
+
+@pytest.fixture(params=[RaisingLayer, HangingLayer], ids=["raises", "hangs"])
+def broken_layer(request, monkeypatch):
+    monkeypatch.setattr(signals, "get_channel_layer", request.param)
+    with override_settings(HUMANINPUT_PUBLISH_TIMEOUT_SECONDS=0.05):
+        yield
+
+
+def test_write_succeeds_when_publishing_fails(execution_id, broken_layer):
+    request = services.request_create(execution_id=execution_id, prompt="?")
+    assert HumanInputEvent.objects.filter(request=request, sequence=1).exists()
+
+
+def test_failed_publish_is_counted(execution_id, broken_layer):
+    before = dict(signals.publish_stats)
+    services.request_create(execution_id=execution_id, prompt="?")
+    assert signals.publish_stats["failed"] == before.get("failed", 0) + 1
+    assert signals.publish_stats["published"] == before.get("published", 0)
+
+
+def test_failed_publish_is_logged_as_an_error(execution_id, broken_layer, app_log):
+    services.request_create(execution_id=execution_id, prompt="?")
+    errors = [r for r in app_log.records if r.name == "events_app.signals" and r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].execution_id == execution_id
+    assert errors[0].sequence == 1
+
+
+def test_answer_succeeds_when_publishing_fails(execution_id, broken_layer):
+    request = services.request_create(execution_id=execution_id, prompt="?")
+    answered = services.request_respond(request_id=request.id, response="yes")
+    assert answered.status == "completed"
+    assert HumanInputEvent.objects.filter(request=request).count() == 2
+
+
+# --- group names --------------------------------------------------------------------
+
+EXECUTION_IDS = [
+    "a",
+    "exec-1",
+    "exec.1",
+    "exec_1",
+    "run:1",
+    "run.1",
+    "run-1",
+    ":",
+    ".",
+    "-",
+    "_",
+    "x" * 79,
+    "x" * 80,
+    "x" * 81,
+    "x" * 99,
+    "x" * 100,
+    "x" * 127,
+    "x" * 128,
+    "y" * 128,
+    "x" * 127 + "y",
+    ":" * 128,
+    "crew:researcher:2026-11-24T18:55:45.123456",
+    "humaninput.x",
+    "humaninput-h.x",
+    "A" * 64,
+    "a" * 64,
+]
+
+
+@pytest.mark.parametrize("execution_id", EXECUTION_IDS)
+def test_group_name_is_legal_for_channels(execution_id):
+    name = group_name(execution_id)
+    assert CHANNELS_GROUP_NAME.match(name), name
+    assert get_channel_layer().require_valid_group_name(name)
+
+
+def test_distinct_execution_ids_get_distinct_group_names():
+    names = {group_name(execution_id) for execution_id in EXECUTION_IDS}
+    assert len(names) == len(EXECUTION_IDS)
+
+
+def test_group_name_is_stable():
+    assert group_name("run:1") == group_name("run:1")

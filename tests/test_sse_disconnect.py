@@ -1,0 +1,70 @@
+"""An SSE client that disconnects frees its task and its group membership (in-process ASGI)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.asgi import get_asgi_application
+
+from events_app.events import group_name
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def group_members(execution_id: str) -> int:
+    layer = get_channel_layer()
+    group = group_name(execution_id)
+    if isinstance(layer, InMemoryChannelLayer):
+        return len(layer.groups.get(group, {}))
+    async with layer.connection(layer.consistent_hash(group)) as connection:
+        return await connection.zcard(layer._group_key(group))
+
+
+async def wait_members(execution_id: str, expected: int, deadline: float = 5) -> int:
+    end = time.monotonic() + deadline
+    while (members := await group_members(execution_id)) != expected and time.monotonic() < end:
+        await asyncio.sleep(0.02)  # polling another component's state, with a deadline
+    return members
+
+
+def sse_scope(execution_id: str, token: str) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"/events/human-input/{execution_id}",
+        "raw_path": f"/events/human-input/{execution_id}".encode(),
+        "query_string": f"token={token}".encode(),
+        "root_path": "",
+        "headers": [(b"host", b"localhost")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("localhost", 80),
+    }
+
+
+async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, execution_id):
+    app = get_asgi_application()
+    inbound: asyncio.Queue[dict] = asyncio.Queue()
+    outbound: asyncio.Queue[dict] = asyncio.Queue()
+    tasks_before = asyncio.all_tasks()
+    await inbound.put({"type": "http.request", "body": b"", "more_body": False})
+    request = asyncio.create_task(app(sse_scope(execution_id, api_key), inbound.get, outbound.put))
+
+    start = await asyncio.wait_for(outbound.get(), 5)
+    assert (start["type"], start["status"]) == ("http.response.start", 200)
+    first = await asyncio.wait_for(outbound.get(), 5)
+    assert first["body"] == b"retry: 3000\n\n"
+    assert await wait_members(execution_id, 1) == 1
+
+    await inbound.put({"type": "http.disconnect"})
+    await asyncio.wait_for(request, 5)
+
+    assert await wait_members(execution_id, 0) == 0
+    leftover = {task for task in asyncio.all_tasks() - tasks_before if not task.done()}
+    leftover.discard(asyncio.current_task())
+    assert leftover == set()
