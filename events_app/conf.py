@@ -82,6 +82,8 @@ class HumanInputSettings:
             value = option.kind(raw)
         except (TypeError, ValueError):
             raise ImproperlyConfigured(f"{PREFIX}{name} must be a number, got {raw!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ImproperlyConfigured(f"{PREFIX}{name} must be a finite number, got {raw!r}")
         if option.minimum is not None and value < option.minimum:
             raise ImproperlyConfigured(f"{PREFIX}{name} must be >= {option.minimum}")
         if option.maximum is not None and value > option.maximum:

@@ -17,6 +17,9 @@ from .exceptions import InvalidCursor, InvalidExecutionId, InvalidParameter
 from .models import HumanInputEvent
 
 EXECUTION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CURSOR_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
+)
 
 Payload = dict[str, Any]
 
@@ -31,17 +34,15 @@ def validate_execution_id(value: Any) -> str:
 def parse_cursor(value: str | None) -> uuid.UUID | None:
     """The ``last_event_id`` a client sent: ``None`` (absent or empty) or a UUID.
 
-    Anything else raises ``InvalidCursor``. Only the canonical and the
-    brace/urn-less hex forms of a UUID are accepted; no other spelling.
+    Anything else raises ``InvalidCursor``. Only the canonical hyphenated form
+    and 32 bare hex digits are accepted; not the braces, ``urn:uuid:`` prefix
+    or odd hyphenation that ``uuid.UUID`` would also take.
     """
     if value is None or value == "":
         return None
-    if len(value) > 36:
+    if not isinstance(value, str) or not CURSOR_RE.fullmatch(value):
         raise InvalidCursor()
-    try:
-        return uuid.UUID(value)
-    except (ValueError, AttributeError, TypeError):
-        raise InvalidCursor() from None
+    return uuid.UUID(value)
 
 
 def parse_bounded_number(
