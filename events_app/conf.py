@@ -53,6 +53,17 @@ OPTIONS: dict[str, Option] = {
     # Scoped tokens: lifetime when none is asked for, and the longest allowed.
     "TOKEN_DEFAULT_TTL_SECONDS": Option(3600, int, 1, 10 * 365 * 86400),
     "TOKEN_MAX_TTL_SECONDS": Option(7 * 86400, int, 1, 10 * 365 * 86400),
+    # Largest prompt, context, response (UTF-8 bytes) and metadata (as JSON).
+    "MAX_TEXT_BYTES": Option(65536, int, 1, 16 * 1024 * 1024),
+    # Longest timeout_seconds a request may ask for.
+    "MAX_TIMEOUT_SECONDS": Option(30 * 86400, float, 1, 10 * 365 * 86400),
+    # How often each server process expires overdue requests; 0 turns the
+    # in-process scheduler off (run `manage.py humaninput_expire` instead).
+    "EXPIRY_INTERVAL_SECONDS": Option(1.0, float, 0, 3600),
+    # DRF throttle rates ("600/min"; empty disables) and the cache they count in.
+    "THROTTLE_WRITE_RATE": Option("600/min", str),
+    "THROTTLE_TOKEN_RATE": Option("60/min", str),
+    "THROTTLE_CACHE": Option("default", str),
 }
 
 

@@ -1,4 +1,8 @@
-"""ASGI entry point: HTTP through Django, WebSocket through channels' router."""
+"""ASGI entry point: HTTP through Django, WebSocket through channels' router.
+
+Static files (the API docs' assets) are served by Django's async
+``ASGIStaticFilesHandler``; put a web server in front for heavy static use.
+"""
 
 import os
 
@@ -9,16 +13,22 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from events_app.daphne_compat import enforce_websocket_limits, mask_access_log_tokens  # noqa: E402
+from events_app.expiry import ExpirySchedulerMiddleware  # noqa: E402
 from events_app.routing import fallback_websocket_urlpatterns, websocket_urlpatterns  # noqa: E402
 
 enforce_websocket_limits()
 mask_access_log_tokens()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns + fallback_websocket_urlpatterns)),
-    }
+application = ExpirySchedulerMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": ASGIStaticFilesHandler(django_asgi_app),
+            "websocket": AuthMiddlewareStack(
+                URLRouter(websocket_urlpatterns + fallback_websocket_urlpatterns)
+            ),
+        }
+    )
 )

@@ -8,5 +8,8 @@ import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("HUMANINPUT_API_KEY", "test-api-key")
+# The suite makes many writes per second; one test lowers the limits to check them.
+os.environ.setdefault("HUMANINPUT_THROTTLE_WRITE_RATE", "100000/min")
+os.environ.setdefault("HUMANINPUT_THROTTLE_TOKEN_RATE", "100000/min")
 
 from humaninput_project.settings import *  # noqa: F403

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.permissions import BasePermission
@@ -47,3 +48,16 @@ class HasPrincipal(BasePermission):
         if isinstance(request.auth, Principal):
             return True
         raise exceptions.NotAuthenticated()
+
+
+class HumanInputAuthenticationScheme(OpenApiAuthenticationExtension):
+    """How ``HumanInputAuthentication`` appears in the OpenAPI schema."""
+
+    target_class = HumanInputAuthentication
+    name = ["bearer", "tokenQuery"]
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
+        return [
+            {"type": "http", "scheme": "bearer", "description": "HUMANINPUT_API_KEY or a scoped token"},
+            {"type": "apiKey", "in": "query", "name": "token", "description": "The same, for EventSource"},
+        ]

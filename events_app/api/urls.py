@@ -1,8 +1,35 @@
-from django.urls import re_path
+from django.urls import path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from .requests import (
+    RequestCancelView,
+    RequestDetailView,
+    RequestListCreateView,
+    RequestRespondView,
+    TokenCreateView,
+)
 from .views import HealthView, PollView
 
 urlpatterns = [
     re_path(r"^poll/human-input/(?P<execution_id>.*)$", PollView.as_view(), name="humaninput-poll"),
-    re_path(r"^health/?$", HealthView.as_view(), name="humaninput-health"),
+    path("health", HealthView.as_view(), name="humaninput-health"),
+    path("api/human-input/requests", RequestListCreateView.as_view(), name="humaninput-requests"),
+    path(
+        "api/human-input/requests/<str:request_id>",
+        RequestDetailView.as_view(),
+        name="humaninput-request",
+    ),
+    path(
+        "api/human-input/requests/<str:request_id>/respond",
+        RequestRespondView.as_view(),
+        name="humaninput-request-respond",
+    ),
+    path(
+        "api/human-input/requests/<str:request_id>/cancel",
+        RequestCancelView.as_view(),
+        name="humaninput-request-cancel",
+    ),
+    path("api/tokens", TokenCreateView.as_view(), name="humaninput-tokens"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="humaninput-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="humaninput-schema"), name="humaninput-docs"),
 ]

@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -27,6 +28,7 @@ from ..log import (
 )
 from ..subscription import ExecutionSubscription
 from .authentication import HasPrincipal
+from .serializers import ErrorOutput, HealthOutput, PollOutput
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,22 @@ class PollView(APIView):
 
     permission_classes = [HasPrincipal]
 
+    @extend_schema(
+        operation_id="human_input_events_poll",
+        tags=["events"],
+        parameters=[
+            OpenApiParameter("execution_id", str, OpenApiParameter.PATH, pattern=r"^[A-Za-z0-9._:-]{1,128}$"),
+            OpenApiParameter("last_event_id", str, description="event_id of the last event held (UUID)"),
+            OpenApiParameter("limit", int, description="1-1000, default 100; oldest first"),
+            OpenApiParameter("wait", float, description="0-30 seconds: long poll until an event exists"),
+        ],
+        responses={
+            200: PollOutput,
+            400: OpenApiResponse(ErrorOutput, description="Invalid execution id, cursor, limit or wait."),
+            401: OpenApiResponse(ErrorOutput, description="Missing or invalid credentials."),
+            403: OpenApiResponse(ErrorOutput, description="Credentials not valid for this execution."),
+        },
+    )
     async def get(self, request: Request, execution_id: str) -> Response:
         execution_id = validate_execution_id(execution_id)
         authorize(request.auth, execution_id=execution_id, scope=READ)
@@ -102,6 +120,12 @@ class HealthView(APIView):
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
 
+    @extend_schema(
+        operation_id="health",
+        tags=["health"],
+        auth=[],
+        responses={200: HealthOutput, 503: HealthOutput},
+    )
     async def get(self, request: Request) -> Response:
         checks = {
             "database": await self._run(sync_to_async(_check_database)(), "database"),

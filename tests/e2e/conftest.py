@@ -104,6 +104,8 @@ class DaphneServer:
             DJANGO_SECRET_KEY=settings.SECRET_KEY,  # scoped tokens minted here must verify there
             DJANGO_DEBUG="0",
             HUMANINPUT_API_KEY=settings.HUMANINPUT_API_KEY,
+            HUMANINPUT_THROTTLE_WRITE_RATE=settings.HUMANINPUT_THROTTLE_WRITE_RATE,
+            HUMANINPUT_THROTTLE_TOKEN_RATE=settings.HUMANINPUT_THROTTLE_TOKEN_RATE,
             DATABASE_URL=database_url(),
             PYTHONPATH=str(ROOT),
         )

@@ -1,0 +1,192 @@
+"""REST API for requests and tokens: one thin view per operation over ``services``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import services
+from ..auth import READ, RESPOND, Principal, authorize, issue_token
+from ..exceptions import AlreadyResolved, NotFound, PermissionDenied
+from ..models import HumanInputRequest
+from . import serializers as s
+from .authentication import HasPrincipal
+from .throttling import TokenThrottle, WriteThrottle
+
+ERRORS = {
+    400: OpenApiResponse(s.ErrorOutput, description="Invalid input (field errors under `errors`)."),
+    401: OpenApiResponse(s.ErrorOutput, description="Missing or invalid credentials."),
+    403: OpenApiResponse(s.ErrorOutput, description="Credentials not valid for this execution or action."),
+}
+
+
+def require_full_access(principal: Principal) -> None:
+    if not principal.is_full_access:
+        raise PermissionDenied("This needs the API key or a staff session.")
+
+
+def get_request(principal: Principal, request_id: str, scope: str) -> HumanInputRequest:
+    """The request ``request_id`` if ``principal`` may use ``scope`` on it (else 400/403/404)."""
+    uuid = services.coerce_request_id(request_id)
+    try:
+        found = HumanInputRequest.objects.get(pk=uuid)
+    except HumanInputRequest.DoesNotExist:
+        raise NotFound() from None
+    authorize(principal, execution_id=found.execution_id, scope=scope)
+    return found
+
+
+def conflict_response(error: AlreadyResolved) -> Response:
+    body = {**error.as_dict(), "request": s.RequestOutput(error.request).data}
+    return Response(body, status=409)
+
+
+class BaseAPIView(APIView):
+    permission_classes = [HasPrincipal]
+
+
+class RequestPagination(CursorPagination):
+    ordering = ("-created_at", "-id")
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+    def decode_cursor(self, request: Request) -> Any:
+        try:
+            return super().decode_cursor(request)
+        except exceptions.NotFound:
+            raise exceptions.ValidationError({"cursor": ["Invalid cursor."]}) from None
+
+
+class RequestListCreateView(BaseAPIView):
+    """``/api/human-input/requests``: ask a human (POST) or list requests (GET)."""
+
+    def get_throttles(self) -> list[Any]:
+        return [WriteThrottle()] if self.request.method == "POST" else []
+
+    @extend_schema(
+        operation_id="human_input_requests_create",
+        request=s.RequestCreateInput,
+        responses={201: s.RequestCreatedOutput, **ERRORS},
+        description="Create a pending request and its `human_input_required` event. Needs full access.",
+    )
+    def post(self, request: Request) -> Response:
+        require_full_access(request.auth)
+        data = s.RequestCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        created = services.request_create(**data.validated_data)
+        event = created.events.get()
+        created.event_id, created.sequence = event.event_id, event.sequence
+        return Response(s.RequestCreatedOutput(created).data, status=201)
+
+    @extend_schema(
+        operation_id="human_input_requests_list",
+        parameters=[s.RequestListFilters],
+        responses={200: s.RequestOutput(many=True), **ERRORS},
+        description="Newest first, cursor-paginated. A scoped token must filter by its execution_id.",
+    )
+    def get(self, request: Request) -> Response:
+        filters = s.RequestListFilters(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        principal: Principal = request.auth
+        execution_id = filters.validated_data.get("execution_id")
+        if principal.execution_id is not None:
+            if execution_id is None:
+                raise PermissionDenied("A scoped token must filter by its execution_id.")
+            authorize(principal, execution_id=execution_id, scope=READ)
+        queryset: QuerySet[HumanInputRequest] = HumanInputRequest.objects.all()
+        if execution_id is not None:
+            queryset = queryset.filter(execution_id=execution_id)
+        if "status" in filters.validated_data:
+            queryset = queryset.filter(status=filters.validated_data["status"])
+        paginator = RequestPagination()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(s.RequestOutput(page, many=True).data)
+
+
+class RequestDetailView(BaseAPIView):
+    @extend_schema(
+        operation_id="human_input_requests_retrieve",
+        responses={200: s.RequestOutput, 404: s.ErrorOutput, **ERRORS},
+    )
+    def get(self, request: Request, request_id: str) -> Response:
+        return Response(s.RequestOutput(get_request(request.auth, request_id, READ)).data)
+
+
+class RequestRespondView(BaseAPIView):
+    throttle_classes = [WriteThrottle]
+
+    @extend_schema(
+        operation_id="human_input_requests_respond",
+        request=s.RespondInput,
+        responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **ERRORS},
+        description="Answer a pending request. The first answer wins; later ones get 409.",
+    )
+    def post(self, request: Request, request_id: str) -> Response:
+        target = get_request(request.auth, request_id, RESPOND)
+        data = s.RespondInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            answered = services.request_respond(
+                request_id=target.id,
+                response=data.validated_data["response"],
+                responded_by=request.auth.name,
+            )
+        except AlreadyResolved as error:
+            return conflict_response(error)
+        return Response(s.RequestOutput(answered).data)
+
+
+class RequestCancelView(BaseAPIView):
+    throttle_classes = [WriteThrottle]
+
+    @extend_schema(
+        operation_id="human_input_requests_cancel",
+        request=s.CancelInput,
+        responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **ERRORS},
+        description="Withdraw a pending request (`human_input_cancelled`); 409 if it is no longer pending.",
+    )
+    def post(self, request: Request, request_id: str) -> Response:
+        target = get_request(request.auth, request_id, RESPOND)
+        s.CancelInput(data=request.data or {}).is_valid(raise_exception=True)
+        try:
+            cancelled = services.request_cancel(request_id=target.id, cancelled_by=request.auth.name)
+        except AlreadyResolved as error:
+            return conflict_response(error)
+        return Response(s.RequestOutput(cancelled).data)
+
+
+class TokenCreateView(BaseAPIView):
+    throttle_classes = [TokenThrottle]
+
+    @extend_schema(
+        operation_id="tokens_create",
+        request=s.TokenInput,
+        responses={201: s.TokenOutput, **ERRORS},
+        description="Mint a signed token for one execution with scope `read` or `respond`. "
+        "Needs the API key or a staff session.",
+    )
+    def post(self, request: Request) -> Response:
+        require_full_access(request.auth)
+        data = s.TokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, expires = issue_token(
+            execution_id=data.validated_data["execution_id"],
+            scope=data.validated_data["scope"],
+            ttl_seconds=data.validated_data.get("ttl_seconds"),
+        )
+        body = {
+            "token": token,
+            "execution_id": data.validated_data["execution_id"],
+            "scope": data.validated_data["scope"],
+            "expires_at": datetime.fromtimestamp(expires, tz=UTC),
+        }
+        return Response(s.TokenOutput(body).data, status=201)

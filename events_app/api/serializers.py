@@ -1,0 +1,218 @@
+"""Input and output shapes of the REST API.
+
+Inputs are strict: a body must be a JSON object, unknown fields are refused,
+strings must be strings (no silent ``5`` → ``"5"``), flags must be booleans,
+and text is capped at ``HUMANINPUT_MAX_TEXT_BYTES`` of UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from rest_framework import serializers
+
+from ..auth import SCOPES
+from ..conf import humaninput_settings
+from ..exceptions import InvalidExecutionId
+from ..log import validate_execution_id
+from ..models import HumanInputRequest, RequestStatus
+
+
+def _check_bytes(value: str) -> str:
+    limit = humaninput_settings.MAX_TEXT_BYTES
+    if len(value.encode("utf-8", "surrogatepass")) > limit:
+        raise serializers.ValidationError(f"Must be at most {limit} bytes of UTF-8.")
+    return value
+
+
+class StrictCharField(serializers.CharField):
+    """A string and nothing else, at most ``MAX_TEXT_BYTES`` long; whitespace kept."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+        self.validators.append(_check_bytes)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        if "\x00" in data:
+            raise serializers.ValidationError("Must not contain NUL characters.")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", input=data)
+        return data
+
+
+class StrictNumberField(serializers.FloatField):
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class ExecutionIdField(serializers.CharField):
+    def to_internal_value(self, data: Any) -> str:
+        try:
+            return validate_execution_id(data)
+        except InvalidExecutionId as error:
+            raise serializers.ValidationError(error.detail) from None
+
+
+class JSONObjectField(serializers.JSONField):
+    """A JSON object of bounded size."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError("Must be a JSON object.")
+        try:
+            size = len(json.dumps(data).encode())
+        except (TypeError, ValueError, RecursionError):
+            raise serializers.ValidationError("Must be JSON-serializable.") from None
+        if size > humaninput_settings.MAX_TEXT_BYTES:
+            raise serializers.ValidationError(
+                f"Must be at most {humaninput_settings.MAX_TEXT_BYTES} bytes as JSON."
+            )
+        return data
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses bodies that are not objects and fields it does not know."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        errors = {name: ["Unknown field."] for name in sorted(set(data) - set(self.fields))}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            if isinstance(error.detail, dict):
+                errors = {**error.detail, **errors}
+            else:
+                raise
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class RequestCreateInput(StrictSerializer):
+    execution_id = ExecutionIdField()
+    prompt = StrictCharField()
+    crew_id = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
+    task_id = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
+    agent_id = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
+    context = StrictCharField(required=False, allow_blank=True, default="")
+    reason_flags = serializers.DictField(child=StrictBooleanField(), required=False, default=dict)
+    timeout_seconds = StrictNumberField(required=False, allow_null=True, default=None, min_value=0.001)
+    metadata = JSONObjectField(required=False, default=dict)
+
+    def validate_timeout_seconds(self, value: float | None) -> float | None:
+        if value is not None and value > humaninput_settings.MAX_TIMEOUT_SECONDS:
+            raise serializers.ValidationError(
+                f"Must be at most {humaninput_settings.MAX_TIMEOUT_SECONDS:g} seconds."
+            )
+        return value
+
+    def validate_reason_flags(self, value: dict[str, bool]) -> dict[str, bool]:
+        if len(value) > 32 or any(len(key) > 64 for key in value):
+            raise serializers.ValidationError("At most 32 flags with names of at most 64 characters.")
+        return value
+
+
+class RespondInput(StrictSerializer):
+    response = StrictCharField(allow_blank=True)
+
+
+class CancelInput(StrictSerializer):
+    pass
+
+
+class RequestOutput(serializers.ModelSerializer):
+    class Meta:
+        model = HumanInputRequest
+        fields = [
+            "id",
+            "execution_id",
+            "crew_id",
+            "task_id",
+            "agent_id",
+            "prompt",
+            "context",
+            "reason_flags",
+            "status",
+            "response",
+            "responded_by",
+            "created_at",
+            "responded_at",
+            "expires_at",
+            "metadata",
+        ]
+        read_only_fields = fields
+
+
+class RequestCreatedOutput(RequestOutput):
+    """The new request plus its ``human_input_required`` event: a cursor to wait from."""
+
+    event_id = serializers.UUIDField(read_only=True)
+    sequence = serializers.IntegerField(read_only=True)
+
+    class Meta(RequestOutput.Meta):
+        fields = [*RequestOutput.Meta.fields, "event_id", "sequence"]
+        read_only_fields = fields
+
+
+class RequestListFilters(serializers.Serializer):
+    """Query parameters of the list; others (``cursor``, ``token``) belong to other layers."""
+
+    execution_id = ExecutionIdField(required=False)
+    status = serializers.ChoiceField(choices=RequestStatus.choices, required=False)
+
+
+class ConflictOutput(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+    status = serializers.CharField()
+    request_id = serializers.UUIDField()
+    request = RequestOutput()
+
+
+class ErrorOutput(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class TokenInput(StrictSerializer):
+    execution_id = ExecutionIdField()
+    scope = serializers.ChoiceField(choices=SCOPES)
+    ttl_seconds = serializers.IntegerField(required=False, min_value=1)
+
+    def validate_ttl_seconds(self, value: int) -> int:
+        if value > humaninput_settings.TOKEN_MAX_TTL_SECONDS:
+            raise serializers.ValidationError(
+                f"Must be at most {humaninput_settings.TOKEN_MAX_TTL_SECONDS} seconds."
+            )
+        return value
+
+
+class TokenOutput(serializers.Serializer):
+    token = serializers.CharField()
+    execution_id = serializers.CharField()
+    scope = serializers.ChoiceField(choices=SCOPES)
+    expires_at = serializers.DateTimeField()
+
+
+class PollOutput(serializers.Serializer):
+    events = serializers.ListField(child=serializers.DictField())
+    last_event_id = serializers.UUIDField(allow_null=True)
+
+
+class HealthOutput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    timestamp = serializers.CharField()
+    checks = serializers.DictField(child=serializers.CharField())
