@@ -46,4 +46,4 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) db.sqlite3* test-db.sqlite3*
+	rm -rf $(VENV) db.sqlite3* test-db-*.sqlite3*

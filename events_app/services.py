@@ -94,7 +94,11 @@ def request_create(
     timeout_seconds: float | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> HumanInputRequest:
-    """Store a new pending request and its ``human_input_required`` event."""
+    """Store a new pending request and its ``human_input_required`` event.
+
+    The event is also returned on the request as ``required_event`` (reading it
+    back later could already find the answer's event beside it).
+    """
     execution_id = validate_execution_id(execution_id)
     now = timezone.now()
     flags = default_reason_flags()
@@ -112,7 +116,7 @@ def request_create(
             created_at=now,
             expires_at=now + timedelta(seconds=timeout_seconds) if timeout_seconds else None,
         )
-        _append_event(request=request, event_type=EventType.REQUIRED, now=now)
+        request.required_event = _append_event(request=request, event_type=EventType.REQUIRED, now=now)
     logger.info(
         "request created",
         extra={"request_id": str(request.id), "execution_id": execution_id},

@@ -159,7 +159,7 @@ else:
 # Every HUMANINPUT_* variable of the environment becomes a setting;
 # events_app.conf turns the strings into numbers and booleans and checks them.
 for _name, _value in os.environ.items():
-    if _name.startswith("HUMANINPUT_") and _name != "HUMANINPUT_TEST_SQLITE_PATH":
+    if _name.startswith("HUMANINPUT_"):
         globals()[_name] = _value
 
 HUMANINPUT_API_KEY = os.environ.get("HUMANINPUT_API_KEY", "")

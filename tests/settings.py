@@ -13,3 +13,12 @@ os.environ.setdefault("HUMANINPUT_THROTTLE_WRITE_RATE", "100000/min")
 os.environ.setdefault("HUMANINPUT_THROTTLE_TOKEN_RATE", "100000/min")
 
 from humaninput_project.settings import *  # noqa: F403
+
+# A test database of this run's own (runs may overlap on one machine). On
+# SQLite it is a file, not Django's in-memory default, so threads and the
+# daphne subprocesses of the end-to-end tests share it.
+_RUN = os.environ.get("TEST_RUN_ID") or str(os.getpid())
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"test-db-{_RUN}.sqlite3")}  # noqa: F405
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_humaninput_{_RUN}"}  # noqa: F405

@@ -83,7 +83,7 @@ class RequestListCreateView(BaseAPIView):
         data = s.RequestCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         created = services.request_create(**data.validated_data)
-        event = created.events.get()
+        event = created.required_event
         created.event_id, created.sequence = event.event_id, event.sequence
         return Response(s.RequestCreatedOutput(created).data, status=201)
 

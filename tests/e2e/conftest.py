@@ -116,10 +116,11 @@ class DaphneServer:
         env.update(self.env_overrides)
         return env
 
-    def start(self, tmp_dir: Path) -> DaphneServer:
-        self.port = free_port()
+    def start(self, tmp_dir: Path, port: int | None = None) -> DaphneServer:
+        """Start on ``port`` (a restart keeps its address), else on a free one."""
+        self.port = port or free_port()
         self.log_path = tmp_dir / f"daphne-{self.port}.log"
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     sys.executable,

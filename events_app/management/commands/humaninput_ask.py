@@ -39,5 +39,4 @@ class Command(BaseCommand):
             )
         except HumanInputError as error:
             raise CommandError(error.detail) from None
-        event = request.events.get()
-        self.stdout.write(json.dumps(event.payload, indent=2))
+        self.stdout.write(json.dumps(request.required_event.payload, indent=2))

@@ -1,0 +1,202 @@
+"""The Python client against a real daphne: ask/answer, resume across restarts, fallbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets
+from channels.db import database_sync_to_async
+
+from events_app import client as client_module
+from events_app import services
+from events_app.client import (
+    AuthenticationFailed,
+    Forbidden,
+    HumanInputClient,
+    RequestCancelled,
+    RequestExpired,
+)
+
+from .conftest import catch_up_interval, running_server, ws_connect, ws_recv
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+create = database_sync_to_async(services.request_create)
+
+
+async def answer_first_request_over_ws(server, api_key, execution_id, response: str) -> dict:
+    """A second client: wait on the WebSocket for the question, answer it there."""
+    ws = await ws_connect(server, execution_id, token=api_key)
+    required = await ws_recv(ws)
+    assert required["type"] == "human_input_required"
+    await ws.send(json.dumps({"type": "respond", "request_id": required["request_id"], "response": response}))
+    completed = await ws_recv(ws)
+    await ws.close()
+    return {"required": required, "completed": completed}
+
+
+async def test_ask_async_returns_the_answer_given_by_a_second_client_over_websocket(
+    server, api_key, execution_id
+):
+    client = HumanInputClient(server.http_url, token=api_key)
+    answer, exchange = await asyncio.gather(
+        client.ask_async(
+            execution_id, "Ship it?", context="v1.2", reason_flags={"ambiguity": True}, timeout=30
+        ),
+        answer_first_request_over_ws(server, api_key, execution_id, "Ship it, carefully."),
+    )
+    assert answer == "Ship it, carefully."
+    assert exchange["required"]["prompt"] == "Ship it?"
+    assert exchange["required"]["reason_flags"] == {"ambiguity": True, "missing_field": False}
+    assert exchange["completed"]["human_feedback"] == "Ship it, carefully."
+
+
+async def test_blocking_ask_works_from_synchronous_code(server, api_key, execution_id):
+    client = HumanInputClient(server.http_url, token=api_key)
+    answer, _ = await asyncio.gather(
+        asyncio.to_thread(client.ask, execution_id, "Sync?", timeout=30),
+        answer_first_request_over_ws(server, api_key, execution_id, "yes"),
+    )
+    assert answer == "yes"
+
+
+async def test_blocking_ask_inside_an_event_loop_is_refused(server, api_key, execution_id):
+    with pytest.raises(RuntimeError, match="ask_async"):
+        HumanInputClient(server.http_url, token=api_key).ask(execution_id, "x")
+
+
+async def test_ask_raises_request_cancelled_when_the_request_is_cancelled(server, api_key, execution_id):
+    client = HumanInputClient(server.http_url, token=api_key)
+    asking = asyncio.create_task(client.ask_async(execution_id, "Cancel me?", timeout=30))
+    ws = await ws_connect(server, execution_id, token=api_key)
+    required = await ws_recv(ws)
+    await client.acancel(required["request_id"])
+    with pytest.raises(RequestCancelled):
+        await asyncio.wait_for(asking, 15)
+    await ws.close()
+
+
+async def test_ask_raises_request_expired_when_the_server_expires_it(server, api_key, execution_id):
+    client = HumanInputClient(server.http_url, token=api_key)
+    with pytest.raises(RequestExpired):
+        await client.ask_async(execution_id, "Anyone?", timeout=1)
+
+
+async def test_respond_reports_a_conflict_to_the_second_answerer(server, api_key, execution_id):
+    client = HumanInputClient(server.http_url, token=api_key)
+    created = await client.acreate_request(execution_id, "Which?")
+    assert (await client.arespond(created["id"], "first"))["status"] == "completed"
+    with pytest.raises(client_module.Conflict) as conflict:
+        await client.arespond(created["id"], "second")
+    assert conflict.value.status == 409
+    assert conflict.value.request["response"] == "first"
+    assert (await asyncio.to_thread(client.get_request, created["id"]))["response"] == "first"
+
+
+async def collect(subscription, into: list, stop_after: int) -> None:
+    try:
+        async for event in subscription:
+            into.append(event)
+            if len(into) >= stop_after:
+                return
+    finally:
+        await subscription.aclose()  # hang up, as a real consumer would
+
+
+async def wait_until(predicate, deadline: float = 20) -> None:
+    end = time.monotonic() + deadline
+    while not predicate():
+        assert time.monotonic() < end, "condition not met before the deadline"
+        await asyncio.sleep(0.05)
+
+
+async def test_subscriber_resumes_across_a_server_restart_with_nothing_lost_or_repeated(
+    tmp_path, api_key, execution_id
+):
+    write = database_sync_to_async(
+        lambda n: [services.request_create(execution_id=execution_id, prompt=f"q{i}") for i in range(n)]
+    )
+    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()) as server:
+        client = HumanInputClient(server.http_url, token=api_key, reconnect_max_delay=0.5)
+        received: list[dict] = []
+        following = asyncio.create_task(collect(client.subscribe(execution_id), received, stop_after=8))
+        await write(3)
+        await wait_until(lambda: len(received) == 3)
+
+        server.stop()  # every connection drops; the client starts reconnecting
+        await write(3)  # written while no server runs
+        server.start(tmp_path, port=server.port)
+        await write(2)
+        await asyncio.wait_for(following, 30)
+
+    assert [event["sequence"] for event in received] == list(range(1, 9))
+    assert len({event["event_id"] for event in received}) == 8
+
+
+async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
+    server, api_key, execution_id, monkeypatch
+):
+    async def refuse(*args, **kwargs):
+        raise OSError("WebSocket upgrade blocked")
+
+    opened: list[str] = []
+    original_open = HumanInputClient._open
+
+    def spy_open(self, transport, *args):
+        opened.append(transport)
+        return original_open(self, transport, *args)
+
+    monkeypatch.setattr(client_module.websockets, "connect", refuse)
+    monkeypatch.setattr(HumanInputClient, "_open", spy_open)
+    await create(execution_id=execution_id, prompt="via SSE?")
+    client = HumanInputClient(server.http_url, token=api_key)
+    received: list[dict] = []
+    await asyncio.wait_for(collect(client.subscribe(execution_id), received, stop_after=1), 15)
+    assert received[0]["prompt"] == "via SSE?"
+    assert opened == ["ws", "sse"]
+
+
+async def test_subscribe_over_long_polling_only(server, api_key, execution_id):
+    client = HumanInputClient(server.http_url, token=api_key, transports=("poll",), poll_wait=2)
+    received: list[dict] = []
+    following = asyncio.create_task(collect(client.subscribe(execution_id), received, stop_after=2))
+    await create(execution_id=execution_id, prompt="one")
+    await wait_until(lambda: len(received) == 1)
+    await create(execution_id=execution_id, prompt="two")
+    await asyncio.wait_for(following, 15)
+    assert [event["prompt"] for event in received] == ["one", "two"]
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_subscribe_raises_instead_of_retrying_a_bad_token(server, execution_id, transport):
+    client = HumanInputClient(server.http_url, token="wrong", transports=(transport,))
+    with pytest.raises(AuthenticationFailed):
+        await asyncio.wait_for(anext(client.subscribe(execution_id)), 15)
+
+
+async def test_subscribe_raises_forbidden_for_a_token_of_another_execution(
+    server, api_key, execution_id, other_execution_id
+):
+    token = (
+        await HumanInputClient(server.http_url, token=api_key)._arequest(
+            "POST", "/api/tokens", {"execution_id": other_execution_id, "scope": "read"}
+        )
+    )["token"]
+    client = HumanInputClient(server.http_url, token=token)
+    with pytest.raises(Forbidden):
+        await asyncio.wait_for(anext(client.subscribe(execution_id)), 15)
+
+
+def test_the_client_module_does_not_import_django():
+    code = "import sys, events_app.client; print('django' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+async def test_websockets_library_is_what_the_client_uses():
+    assert client_module.websockets is websockets
