@@ -10,7 +10,6 @@ group at each of them, so a Redis outage slows delivery but loses nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from types import TracebackType
 from typing import Any
@@ -41,6 +40,7 @@ class ExecutionSubscription:
         # channels_redis receive() mid-wait can lose what it was handed.
         self._doorbells: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._receiver: asyncio.Task[None] | None = None
+        self._memberships: list[str] = []
 
     async def __aenter__(self) -> ExecutionSubscription:
         await self._join()
@@ -62,6 +62,9 @@ class ExecutionSubscription:
             # process-local channel of one prefix from one Redis list, read by
             # whichever receiver holds its lock (consumers use the default too).
             channel = await self.layer.new_channel()
+            # Recorded before group_add: a client leaving mid-join (the view is
+            # cancelled right here) must still give the membership back.
+            self._memberships.append(channel)
             await self.layer.group_add(self.group, channel)
         except Exception:
             logger.warning(
@@ -70,6 +73,9 @@ class ExecutionSubscription:
                 exc_info=True,
             )
             return
+        except BaseException:
+            await self._leave()
+            raise
         self.channel = channel
         self._receiver = asyncio.create_task(self._receive_forever(channel))
 
@@ -82,23 +88,27 @@ class ExecutionSubscription:
         except Exception:
             logger.warning("lost the channel layer; falling back to catch-up reads", exc_info=True)
             if self.channel == channel:
-                self.channel = None
+                self.channel = None  # the next catch-up joins again, on a new channel
 
     async def _leave(self) -> None:
+        """Give back every membership first, then stop the receiver (bounded wait).
+
+        Shielded: this runs while the view is being cancelled (client gone).
+        The receiver is waited for only briefly: a cancelled channels_redis
+        receive can sit in its blocking pop for seconds, and nothing of ours
+        depends on it any more.
+        """
+        memberships, self._memberships = self._memberships, []
+        self.channel = None
+        for channel in memberships:
+            try:
+                await asyncio.shield(self.layer.group_discard(self.group, channel))
+            except Exception:
+                logger.warning("could not leave group %s", self.group, exc_info=True)
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
-        channel, self.channel = self.channel, None
-        if channel is None:
-            return
-        # Shielded: this runs while the view is being cancelled (client gone),
-        # and the membership must be given back all the same.
-        try:
-            await asyncio.shield(self.layer.group_discard(self.group, channel))
-        except Exception:
-            logger.warning("could not leave group %s", self.group, exc_info=True)
+            await asyncio.wait({receiver}, timeout=1.0)
 
     async def read_log(self) -> list[Payload]:
         """Everything past the cursor, now; resets the catch-up timer."""

@@ -9,14 +9,14 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import Client, override_settings
 
 from events_app import auth, services
 from events_app.auth import READ, RESPOND, issue_token
 from events_app.models import HumanInputEvent
 from humaninput_project.asgi import application
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("own_channel_layer")]
 
 TIMEOUT = 5
 
@@ -25,8 +25,8 @@ respond = database_sync_to_async(services.request_respond)
 
 
 @pytest.fixture
-async def ws():
-    """Open WebSocket connections to the app; every one is disconnected after the test."""
+async def ws(layer_ready):
+    """Open WebSocket connections to the app; each is disconnected after the test."""
     opened: list[WebsocketCommunicator] = []
 
     async def open_connection(
@@ -41,12 +41,8 @@ async def ws():
         return communicator
 
     yield open_connection
-    import time
-
-    t = time.monotonic()
     for communicator in opened:
-        await communicator.disconnect(timeout=9)
-    print("DISCONNECT", time.monotonic() - t)
+        await communicator.disconnect(timeout=TIMEOUT)
 
 
 async def next_frame(communicator: WebsocketCommunicator) -> dict:
@@ -156,7 +152,9 @@ async def test_missing_token_is_closed_4401(ws, execution_id):
     assert await close_code(communicator) == 4401
 
 
-@pytest.mark.parametrize("token", ["wrong", "x" * 5000, "%C3%A9t%C3%A9", "%FF%FE"])
+@pytest.mark.parametrize(
+    "token", ["wrong", "x" * 5000, "%C3%A9t%C3%A9", "%FF%FE"], ids=["wrong", "long", "non-ascii", "non-utf8"]
+)
 async def test_wrong_token_is_closed_4401(ws, execution_id, token):
     communicator = await ws(execution_id, token=token)
     assert await close_code(communicator) == 4401
@@ -181,16 +179,28 @@ async def test_token_of_another_execution_is_closed_4403(ws, execution_id, other
     assert await close_code(communicator) == 4403
 
 
-@pytest.mark.parametrize("bad_id", ["", "a$b", "x" * 129, "has%20space", "caf%C3%A9", "a/b"])
+@pytest.mark.parametrize(
+    "bad_id",
+    ["", "a$b", "x" * 129, "has%20space", "caf%C3%A9", "a/b"],
+    ids=["empty", "dollar", "too-long", "space", "non-ascii", "slash"],
+)
 async def test_invalid_execution_id_is_closed_4400(ws, api_key, bad_id):
     communicator = await ws(bad_id, token=api_key)
     assert await close_code(communicator) == 4400
 
 
-@pytest.mark.parametrize("cursor", ["nope", "1234", "x" * 100])
+@pytest.mark.parametrize("cursor", ["nope", "1234", "x" * 100], ids=["word", "digits", "too-long"])
 async def test_malformed_cursor_is_closed_4400(ws, api_key, execution_id, cursor):
     communicator = await ws(execution_id, token=api_key, query=f"last_event_id={cursor}")
     assert await close_code(communicator) == 4400
+
+
+async def test_unknown_websocket_path_is_closed_4404(layer_ready):
+    communicator = WebsocketCommunicator(application, "/ws/somewhere-else")
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected
+    assert await close_code(communicator) == 4404
+    await communicator.disconnect(timeout=TIMEOUT)
 
 
 # --- client messages --------------------------------------------------------------
@@ -219,7 +229,9 @@ async def test_non_object_json_is_an_invalid_message(ws, api_key, execution_id, 
     assert (await next_frame(communicator))["code"] == "invalid_message"
 
 
-@pytest.mark.parametrize("message", [{"type": "dance"}, {}, {"type": 7}])
+@pytest.mark.parametrize(
+    "message", [{"type": "dance"}, {}, {"type": 7}], ids=["unknown", "missing", "number"]
+)
 async def test_unknown_message_type_is_an_error(ws, api_key, execution_id, message):
     communicator = await ws(execution_id, token=api_key)
     await send(communicator, message)
@@ -230,6 +242,16 @@ async def test_unknown_message_type_is_an_error(ws, api_key, execution_id, messa
 async def test_binary_frame_gets_an_error_and_the_connection_stays_open(ws, api_key, execution_id):
     communicator = await ws(execution_id, token=api_key)
     await communicator.send_to(bytes_data=json.dumps({"type": "ping"}).encode())
+    error = await next_frame(communicator)
+    assert (error["type"], error["code"]) == ("error", "invalid_message")
+    await send(communicator, {"type": "ping"})
+    assert await next_frame(communicator) == {"type": "pong"}
+
+
+@override_settings(HUMANINPUT_WS_MAX_MESSAGE_BYTES=100)
+async def test_oversized_message_gets_an_error_and_the_connection_stays_open(ws, api_key, execution_id):
+    communicator = await ws(execution_id, token=api_key)
+    await send(communicator, {"type": "ping", "padding": "x" * 200})
     error = await next_frame(communicator)
     assert (error["type"], error["code"]) == ("error", "invalid_message")
     await send(communicator, {"type": "ping"})

@@ -20,7 +20,9 @@ from events_app import services, signals
 from events_app.events import group_name
 from events_app.models import HumanInputEvent
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# Publishing happens on commit, so the writes must really commit.
+committed_writes = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.usefixtures("own_channel_layer")
 
 CHANNELS_GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,99}$")
 
@@ -30,7 +32,7 @@ class Boom(Exception):
 
 
 @pytest.fixture
-async def subscriber(execution_id):
+async def subscriber(execution_id, own_channel_layer):
     """A channel of the real layer, joined to ``execution_id``'s group for the test."""
     layer = get_channel_layer()
     channel = await layer.new_channel()
@@ -51,6 +53,7 @@ def app_log(caplog):
 create_request = database_sync_to_async(services.request_create)
 
 
+@committed_writes
 async def test_committed_event_rings_its_group_with_sequence_and_payload(execution_id, subscriber):
     layer, channel = subscriber
     request = await create_request(execution_id=execution_id, prompt="Approve?")
@@ -59,6 +62,7 @@ async def test_committed_event_rings_its_group_with_sequence_and_payload(executi
     assert message == {"type": "humaninput.event", "sequence": 1, "event": stored.payload}
 
 
+@committed_writes
 async def test_each_event_rings_once_in_sequence_order(execution_id, subscriber):
     layer, channel = subscriber
     request = await create_request(execution_id=execution_id, prompt="Approve?")
@@ -75,6 +79,7 @@ def create_then_roll_back(execution_id: str) -> None:
         raise Boom
 
 
+@committed_writes
 async def test_rolled_back_write_announces_nothing(execution_id, subscriber):
     layer, channel = subscriber
     with pytest.raises(Boom):
@@ -84,6 +89,7 @@ async def test_rolled_back_write_announces_nothing(execution_id, subscriber):
     assert not await HumanInputEvent.objects.filter(execution_id=execution_id).aexists()
 
 
+@committed_writes
 async def test_first_announcement_after_a_rollback_is_the_committed_event(execution_id, subscriber):
     layer, channel = subscriber
     with pytest.raises(Boom):
@@ -94,6 +100,7 @@ async def test_first_announcement_after_a_rollback_is_the_committed_event(execut
     assert message["sequence"] == 1
 
 
+@committed_writes
 def test_successful_publish_is_counted(execution_id):
     before = signals.publish_stats["published"]
     services.request_create(execution_id=execution_id, prompt="?")
@@ -120,11 +127,13 @@ def broken_layer(request, monkeypatch):
         yield
 
 
+@committed_writes
 def test_write_succeeds_when_publishing_fails(execution_id, broken_layer):
     request = services.request_create(execution_id=execution_id, prompt="?")
     assert HumanInputEvent.objects.filter(request=request, sequence=1).exists()
 
 
+@committed_writes
 def test_failed_publish_is_counted(execution_id, broken_layer):
     before = dict(signals.publish_stats)
     services.request_create(execution_id=execution_id, prompt="?")
@@ -132,6 +141,7 @@ def test_failed_publish_is_counted(execution_id, broken_layer):
     assert signals.publish_stats["published"] == before.get("published", 0)
 
 
+@committed_writes
 def test_failed_publish_is_logged_as_an_error(execution_id, broken_layer, app_log):
     services.request_create(execution_id=execution_id, prompt="?")
     errors = [r for r in app_log.records if r.name == "events_app.signals" and r.levelno == logging.ERROR]
@@ -140,6 +150,7 @@ def test_failed_publish_is_logged_as_an_error(execution_id, broken_layer, app_lo
     assert errors[0].sequence == 1
 
 
+@committed_writes
 def test_answer_succeeds_when_publishing_fails(execution_id, broken_layer):
     request = services.request_create(execution_id=execution_id, prompt="?")
     answered = services.request_respond(request_id=request.id, response="yes")
@@ -189,7 +200,3 @@ def test_group_name_is_legal_for_channels(execution_id):
 def test_distinct_execution_ids_get_distinct_group_names():
     names = {group_name(execution_id) for execution_id in EXECUTION_IDS}
     assert len(names) == len(EXECUTION_IDS)
-
-
-def test_group_name_is_stable():
-    assert group_name("run:1") == group_name("run:1")
