@@ -17,6 +17,7 @@ from typing import Any
 from django.db import connections, router, transaction
 from django.utils import timezone
 
+from .conf import humaninput_settings
 from .events import build_payload
 from .exceptions import AlreadyAnswered, AlreadyResolved, InvalidParameter, NotFound
 from .log import validate_execution_id
@@ -70,6 +71,27 @@ def _append_event(*, request: HumanInputRequest, event_type: str, now: datetime)
     )
 
 
+def validate_text(value: Any, *, field: str) -> str:
+    """``value`` if it is storable text: a str of valid Unicode (no lone surrogates),
+    without NUL, at most ``HUMANINPUT_MAX_TEXT_BYTES`` of UTF-8. Else ``InvalidParameter``.
+
+    PostgreSQL refuses NUL and lone surrogates; checking here keeps every
+    write path (REST, WebSocket, commands) from turning them into a 500.
+    """
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{field} must be a string.", field=field)
+    if "\x00" in value:
+        raise InvalidParameter(f"{field} must not contain NUL characters.", field=field)
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidParameter(f"{field} must be valid Unicode text.", field=field) from None
+    limit = humaninput_settings.MAX_TEXT_BYTES
+    if size > limit:
+        raise InvalidParameter(f"{field} must be at most {limit} bytes of UTF-8.", field=field)
+    return value
+
+
 def coerce_request_id(value: Any) -> uuid.UUID:
     """A request id from user input, or ``InvalidParameter``."""
     if isinstance(value, uuid.UUID):
@@ -100,6 +122,8 @@ def request_create(
     back later could already find the answer's event beside it).
     """
     execution_id = validate_execution_id(execution_id)
+    for name, text in (("prompt", prompt), ("context", context)):
+        validate_text(text, field=name)
     now = timezone.now()
     flags = default_reason_flags()
     flags.update(reason_flags or {})
@@ -208,6 +232,7 @@ def request_respond(
 
     ``execution_id``, when given, must be the request's (else ``NotFound``).
     """
+    validate_text(response, field="response")
     return _resolve(
         request_id=request_id,
         execution_id=execution_id,

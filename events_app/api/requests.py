@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import QuerySet
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
@@ -25,6 +26,10 @@ ERRORS = {
     400: OpenApiResponse(s.ErrorOutput, description="Invalid input (field errors under `errors`)."),
     401: OpenApiResponse(s.ErrorOutput, description="Missing or invalid credentials."),
     403: OpenApiResponse(s.ErrorOutput, description="Credentials not valid for this execution or action."),
+}
+WRITE_ERRORS = {
+    **ERRORS,
+    429: OpenApiResponse(s.ErrorOutput, description="Rate limited; see the Retry-After header."),
 }
 
 
@@ -61,9 +66,21 @@ class RequestPagination(CursorPagination):
 
     def decode_cursor(self, request: Request) -> Any:
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
         except exceptions.NotFound:
-            raise exceptions.ValidationError({"cursor": ["Invalid cursor."]}) from None
+            cursor = None
+        else:
+            # Cursors are client-editable base64: a forged position would reach the query.
+            if cursor is None or cursor.position is None or _is_datetime(cursor.position):
+                return cursor
+        raise exceptions.ValidationError({"cursor": ["Invalid cursor."]})
+
+
+def _is_datetime(value: str) -> bool:
+    try:
+        return parse_datetime(value) is not None
+    except ValueError:
+        return False
 
 
 class RequestListCreateView(BaseAPIView):
@@ -75,7 +92,7 @@ class RequestListCreateView(BaseAPIView):
     @extend_schema(
         operation_id="human_input_requests_create",
         request=s.RequestCreateInput,
-        responses={201: s.RequestCreatedOutput, **ERRORS},
+        responses={201: s.RequestCreatedOutput, **WRITE_ERRORS},
         description="Create a pending request and its `human_input_required` event. Needs full access.",
     )
     def post(self, request: Request) -> Response:
@@ -90,7 +107,7 @@ class RequestListCreateView(BaseAPIView):
     @extend_schema(
         operation_id="human_input_requests_list",
         parameters=[s.RequestListFilters],
-        responses={200: s.RequestOutput(many=True), **ERRORS},
+        responses={200: s.RequestPageOutput, **ERRORS},
         description="Newest first, cursor-paginated. A scoped token must filter by its execution_id.",
     )
     def get(self, request: Request) -> Response:
@@ -127,7 +144,7 @@ class RequestRespondView(BaseAPIView):
     @extend_schema(
         operation_id="human_input_requests_respond",
         request=s.RespondInput,
-        responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **ERRORS},
+        responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **WRITE_ERRORS},
         description="Answer a pending request. The first answer wins; later ones get 409.",
     )
     def post(self, request: Request, request_id: str) -> Response:
@@ -151,12 +168,12 @@ class RequestCancelView(BaseAPIView):
     @extend_schema(
         operation_id="human_input_requests_cancel",
         request=s.CancelInput,
-        responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **ERRORS},
+        responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **WRITE_ERRORS},
         description="Withdraw a pending request (`human_input_cancelled`); 409 if it is no longer pending.",
     )
     def post(self, request: Request, request_id: str) -> Response:
         target = get_request(request.auth, request_id, RESPOND)
-        s.CancelInput(data=request.data or {}).is_valid(raise_exception=True)
+        s.CancelInput(data=request.data).is_valid(raise_exception=True)
         try:
             cancelled = services.request_cancel(request_id=target.id, cancelled_by=request.auth.name)
         except AlreadyResolved as error:
@@ -170,7 +187,7 @@ class TokenCreateView(BaseAPIView):
     @extend_schema(
         operation_id="tokens_create",
         request=s.TokenInput,
-        responses={201: s.TokenOutput, **ERRORS},
+        responses={201: s.TokenOutput, **WRITE_ERRORS},
         description="Mint a signed token for one execution with scope `read` or `respond`. "
         "Needs the API key or a staff session.",
     )

@@ -15,16 +15,18 @@ from rest_framework import serializers
 
 from ..auth import SCOPES
 from ..conf import humaninput_settings
-from ..exceptions import InvalidExecutionId
+from ..exceptions import InvalidExecutionId, InvalidParameter
 from ..log import validate_execution_id
 from ..models import HumanInputRequest, RequestStatus
+from ..services import validate_text
 
 
-def _check_bytes(value: str) -> str:
-    limit = humaninput_settings.MAX_TEXT_BYTES
-    if len(value.encode("utf-8", "surrogatepass")) > limit:
-        raise serializers.ValidationError(f"Must be at most {limit} bytes of UTF-8.")
-    return value
+def _utf8(value: str) -> bytes:
+    """``value`` as UTF-8; lone surrogates (valid JSON escapes, not text) are refused."""
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise serializers.ValidationError("Must be valid Unicode text (no lone surrogates).") from None
 
 
 class StrictCharField(serializers.CharField):
@@ -33,13 +35,14 @@ class StrictCharField(serializers.CharField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trim_whitespace", False)
         super().__init__(**kwargs)
-        self.validators.append(_check_bytes)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("invalid")
-        if "\x00" in data:
-            raise serializers.ValidationError("Must not contain NUL characters.")
+        try:
+            validate_text(data, field=self.field_name or "value")
+        except InvalidParameter as error:
+            raise serializers.ValidationError(error.detail) from None
         return super().to_internal_value(data)
 
 
@@ -53,6 +56,13 @@ class StrictBooleanField(serializers.BooleanField):
 class StrictNumberField(serializers.FloatField):
     def to_internal_value(self, data: Any) -> float:
         if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
 
@@ -72,9 +82,14 @@ class JSONObjectField(serializers.JSONField):
         if not isinstance(data, dict):
             raise serializers.ValidationError("Must be a JSON object.")
         try:
-            size = len(json.dumps(data).encode())
+            # No NaN/Infinity (1e999 parses as inf) and no lone surrogates:
+            # neither is valid JSON text that PostgreSQL's jsonb will store.
+            text = json.dumps(data, ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError):
-            raise serializers.ValidationError("Must be JSON-serializable.") from None
+            raise serializers.ValidationError("Must be finite, JSON-serializable data.") from None
+        if "\x00" in text or "\\u0000" in text:
+            raise serializers.ValidationError("Must not contain NUL characters.")
+        size = len(_utf8(text))
         if size > humaninput_settings.MAX_TEXT_BYTES:
             raise serializers.ValidationError(
                 f"Must be at most {humaninput_settings.MAX_TEXT_BYTES} bytes as JSON."
@@ -122,6 +137,10 @@ class RequestCreateInput(StrictSerializer):
     def validate_reason_flags(self, value: dict[str, bool]) -> dict[str, bool]:
         if len(value) > 32 or any(len(key) > 64 for key in value):
             raise serializers.ValidationError("At most 32 flags with names of at most 64 characters.")
+        for key in value:
+            if "\x00" in key:
+                raise serializers.ValidationError("Flag names must not contain NUL characters.")
+            _utf8(key)
         return value
 
 
@@ -174,6 +193,14 @@ class RequestListFilters(serializers.Serializer):
     status = serializers.ChoiceField(choices=RequestStatus.choices, required=False)
 
 
+class RequestPageOutput(serializers.Serializer):
+    """One page of the list; follow ``next`` (a URL with its cursor) for older requests."""
+
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = RequestOutput(many=True)
+
+
 class ConflictOutput(serializers.Serializer):
     code = serializers.CharField()
     detail = serializers.CharField()
@@ -190,7 +217,7 @@ class ErrorOutput(serializers.Serializer):
 class TokenInput(StrictSerializer):
     execution_id = ExecutionIdField()
     scope = serializers.ChoiceField(choices=SCOPES)
-    ttl_seconds = serializers.IntegerField(required=False, min_value=1)
+    ttl_seconds = StrictIntegerField(required=False, min_value=1)
 
     def validate_ttl_seconds(self, value: int) -> int:
         if value > humaninput_settings.TOKEN_MAX_TTL_SECONDS:
