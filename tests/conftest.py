@@ -72,3 +72,21 @@ async def close_view_connections():
     """
     yield
     await sync_to_async(connections.close_all)()
+
+
+def asgi_http_scope(path: str, *, query: str = "", headers: list[tuple[bytes, bytes]] = ()) -> dict:
+    """The ASGI scope of a plain GET to ``path``, as a server would build it."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": query.encode(),
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }

@@ -26,6 +26,8 @@ from events_app.models import EventType, HumanInputEvent
 from events_app.subscription import ExecutionSubscription
 from humaninput_project.asgi import application
 
+from .conftest import asgi_http_scope
+
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("own_channel_layer", "layer_ready", "close_view_connections"),
@@ -356,20 +358,7 @@ class SSEStream:
     """An SSE request to the project's ASGI app, read chunk by chunk."""
 
     def __init__(self, execution_id: str, *, query: str = "", headers: list[tuple[bytes, bytes]] = ()):
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": f"/events/human-input/{execution_id}",
-            "raw_path": f"/events/human-input/{execution_id}".encode(),
-            "root_path": "",
-            "query_string": query.encode(),
-            "headers": [(b"host", b"testserver"), *headers],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
+        scope = asgi_http_scope(f"/events/human-input/{execution_id}", query=query, headers=headers)
         self.communicator = ApplicationCommunicator(application, scope)
         self.buffer = ""
 

@@ -11,6 +11,8 @@ from django.core.asgi import get_asgi_application
 
 from events_app.events import group_name
 
+from .conftest import asgi_http_scope
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -30,30 +32,20 @@ async def wait_members(execution_id: str, expected: int, deadline: float = 5) ->
     return members
 
 
-def sse_scope(execution_id: str, token: str) -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": f"/events/human-input/{execution_id}",
-        "raw_path": f"/events/human-input/{execution_id}".encode(),
-        "query_string": f"token={token}".encode(),
-        "root_path": "",
-        "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 40000),
-        "server": ("localhost", 80),
-    }
-
-
 async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, execution_id):
     app = get_asgi_application()
     inbound: asyncio.Queue[dict] = asyncio.Queue()
     outbound: asyncio.Queue[dict] = asyncio.Queue()
+    scope = asgi_http_scope(f"/events/human-input/{execution_id}", query=f"token={api_key}")
     tasks_before = asyncio.all_tasks()
     await inbound.put({"type": "http.request", "body": b"", "more_body": False})
-    request = asyncio.create_task(app(sse_scope(execution_id, api_key), inbound.get, outbound.put))
+    request = asyncio.create_task(
+        app(
+            asgi_http_scope(f"/events/human-input/{execution_id}", query=f"token={api_key}"),
+            inbound.get,
+            outbound.put,
+        )
+    )
 
     start = await asyncio.wait_for(outbound.get(), 5)
     assert (start["type"], start["status"]) == ("http.response.start", 200)

@@ -193,6 +193,19 @@ def server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[Dap
 # --- clients ------------------------------------------------------------------
 
 
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def api(server, api_key) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the module's server, with the API key."""
+    async with httpx.AsyncClient(
+        base_url=server.http_url, headers=bearer(api_key), timeout=DEADLINE
+    ) as client:
+        yield client
+
+
 def query(**params: str | None) -> str:
     present = {key: value for key, value in params.items() if value is not None}
     return f"?{urlencode(present)}" if present else ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from .conftest import (
-    DEADLINE,
     REQUIRED_FIELDS,
     DaphneServer,
     assert_timestamp,
+    bearer,
     catch_up_interval,
     poll,
     running_server,
@@ -34,10 +34,6 @@ LIMIT = 65536  # HUMANINPUT_MAX_TEXT_BYTES, the documented default
 REQUESTS = "/api/human-input/requests"
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture(scope="module")
 def second_server(django_db_setup, tmp_path_factory) -> Iterator[DaphneServer]:
     """Another daphne on the same database, so concurrent answers really race."""
@@ -45,14 +41,6 @@ def second_server(django_db_setup, tmp_path_factory) -> Iterator[DaphneServer]:
         tmp_path_factory.mktemp("daphne-second"), HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()
     ) as started:
         yield started
-
-
-@pytest.fixture
-async def api(server, api_key) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=server.http_url, headers=bearer(api_key), timeout=DEADLINE
-    ) as client:
-        yield client
 
 
 async def create(api: httpx.AsyncClient, execution_id: str, **fields: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from events_app.models import HumanInputRequest
 from .conftest import (
     DEADLINE,
     DaphneServer,
+    bearer,
     poll,
     query,
     running_server,
@@ -38,18 +39,6 @@ THROTTLE_REDIS_URL = "redis://127.0.0.1:6379/0"
 THROTTLE_KEYS = "humaninput:*humaninput-throttle*"
 
 create_request = database_sync_to_async(services.request_create)
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-async def api(server, api_key) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=server.http_url, headers=bearer(api_key), timeout=DEADLINE
-    ) as client:
-        yield client
 
 
 async def mint(api: httpx.AsyncClient, execution_id: str, scope: str, **extra: Any) -> str:
