@@ -39,13 +39,7 @@ async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, e
     scope = asgi_http_scope(f"/events/human-input/{execution_id}", query=f"token={api_key}")
     tasks_before = asyncio.all_tasks()
     await inbound.put({"type": "http.request", "body": b"", "more_body": False})
-    request = asyncio.create_task(
-        app(
-            asgi_http_scope(f"/events/human-input/{execution_id}", query=f"token={api_key}"),
-            inbound.get,
-            outbound.put,
-        )
-    )
+    request = asyncio.create_task(app(scope, inbound.get, outbound.put))
 
     start = await asyncio.wait_for(outbound.get(), 5)
     assert (start["type"], start["status"]) == ("http.response.start", 200)
