@@ -1,4 +1,8 @@
-"""Following an execution from code that is not a consumer: the SSE and long-poll views.
+"""Following channel-layer groups from code that is not a consumer: SSE, long polls, the inbox.
+
+A ``GroupListener`` holds one channel of its own in one group and turns the
+layer's messages into a queue; leaving gives the membership back whatever
+happens (cancelled mid-join, client gone mid-stream, layer down).
 
 An ``ExecutionSubscription`` joins the execution's group on a channel of its
 own, reads the log once, then waits for doorbells; between doorbells it
@@ -23,40 +27,30 @@ from .log import LogFollower, Payload
 logger = logging.getLogger(__name__)
 
 
-class ExecutionSubscription:
-    """Use as ``async with``; leaving it always gives the group membership back."""
+class GroupListener:
+    """Membership of ``group`` on a channel of its own, with a queue of what arrives.
 
-    def __init__(self, *, execution_id: str, after_sequence: int, max_read: int | None = None) -> None:
-        self.execution_id = execution_id
-        self.group = group_name(execution_id)
-        self.follower = LogFollower(
-            execution_id=execution_id, after_sequence=after_sequence, max_read=max_read
-        )
+    One long-lived receive per channel, like a consumer's: cancelling a
+    channels_redis ``receive()`` mid-wait can lose what it was handed, so
+    waiting callers wait on the queue, never on the layer.
+    """
+
+    def __init__(self, group: str) -> None:
+        self.group = group
         self.layer: Any = get_channel_layer()
         self.channel: str | None = None
-        self._loop = asyncio.get_running_loop()
-        self._next_catch_up = 0.0
-        # One long-lived receive per channel, like a consumer's: cancelling a
-        # channels_redis receive() mid-wait can lose what it was handed.
-        self._doorbells: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._receiver: asyncio.Task[None] | None = None
         self._memberships: list[str] = []
 
-    async def __aenter__(self) -> ExecutionSubscription:
-        await self._join()
-        return self
+    @property
+    def joined(self) -> bool:
+        return self.channel is not None
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._leave()
-
-    async def _join(self) -> None:
+    async def join(self) -> bool:
+        """Join the group (again, after a layer failure); False if the layer is unavailable."""
         if self.layer is None or self.channel is not None:
-            return
+            return self.channel is not None
         try:
             # The layer's default prefix on purpose: channels_redis serves every
             # process-local channel of one prefix from one Redis list, read by
@@ -67,30 +61,27 @@ class ExecutionSubscription:
             self._memberships.append(channel)
             await self.layer.group_add(self.group, channel)
         except Exception:
-            logger.warning(
-                "channel layer unavailable; following %s by catch-up reads only",
-                self.execution_id,
-                exc_info=True,
-            )
-            return
+            logger.warning("channel layer unavailable; %s by catch-up reads only", self.group, exc_info=True)
+            return False
         except BaseException:
-            await self._leave()
+            await self.leave()
             raise
         self.channel = channel
         self._receiver = asyncio.create_task(self._receive_forever(channel))
+        return True
 
     async def _receive_forever(self, channel: str) -> None:
         try:
             while True:
-                self._doorbells.put_nowait(await self.layer.receive(channel))
+                self.messages.put_nowait(await self.layer.receive(channel))
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.warning("lost the channel layer; falling back to catch-up reads", exc_info=True)
             if self.channel == channel:
-                self.channel = None  # the next catch-up joins again, on a new channel
+                self.channel = None  # the next join() uses a new channel
 
-    async def _leave(self) -> None:
+    async def leave(self) -> None:
         """Give back every membership first, then stop the receiver (bounded wait).
 
         Shielded: this runs while the view is being cancelled (client gone).
@@ -110,6 +101,42 @@ class ExecutionSubscription:
             receiver.cancel()
             await asyncio.wait({receiver}, timeout=1.0)
 
+    async def receive(self, wait: float) -> dict[str, Any] | None:
+        """The next message, or None after ``wait`` seconds."""
+        try:
+            return await asyncio.wait_for(self.messages.get(), timeout=wait)
+        except TimeoutError:
+            return None
+
+
+class ExecutionSubscription:
+    """Use as ``async with``; leaving it always gives the group membership back."""
+
+    def __init__(self, *, execution_id: str, after_sequence: int, max_read: int | None = None) -> None:
+        self.execution_id = execution_id
+        self.follower = LogFollower(
+            execution_id=execution_id, after_sequence=after_sequence, max_read=max_read
+        )
+        self.listener = GroupListener(group_name(execution_id))
+        self._loop = asyncio.get_running_loop()
+        self._next_catch_up = 0.0
+
+    @property
+    def group(self) -> str:
+        return self.listener.group
+
+    async def __aenter__(self) -> ExecutionSubscription:
+        await self.listener.join()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.listener.leave()
+
     async def read_log(self) -> list[Payload]:
         """Everything past the cursor, now; resets the catch-up timer."""
         self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
@@ -121,25 +148,17 @@ class ExecutionSubscription:
         while True:
             now = self._loop.time()
             if now >= self._next_catch_up:
-                if self.channel is None:
-                    await self._join()
+                await self.listener.join()  # no-op while joined; rejoins after a layer failure
                 events = await self.read_log()
                 if events:
                     return events
                 now = self._loop.time()
             if now >= deadline:
                 return []
-            wait = min(deadline, self._next_catch_up) - now
-            message = await self._receive(wait)
+            message = await self.listener.receive(min(deadline, self._next_catch_up) - now)
             if message is not None:
                 events = await self.follower.on_doorbell(
                     sequence=int(message.get("sequence", 0)), payload=message.get("event")
                 )
                 if events:
                     return events
-
-    async def _receive(self, wait: float) -> dict[str, Any] | None:
-        try:
-            return await asyncio.wait_for(self._doorbells.get(), timeout=wait)
-        except TimeoutError:
-            return None
