@@ -7,7 +7,7 @@ PORT ?= 8000
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-embedded test-postgres lint format clean
+.PHONY: run test test-embedded test-postgres lint format clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,15 @@ run: $(VENV)/.installed
 # Every test, on the embedded default and on PostgreSQL + Redis.
 test: lint test-embedded test-postgres
 
-test-embedded: $(VENV)/.installed-dev
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+chromium:
+	@[ -x "$${CHROMIUM_PATH:-/usr/bin/chromium}" ] || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test-embedded: $(VENV)/.installed-dev chromium
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -X dev -m pytest $(PYTEST_ARGS)
 
-test-postgres: $(VENV)/.installed-dev
+test-postgres: $(VENV)/.installed-dev chromium
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -X dev -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev

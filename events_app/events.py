@@ -15,6 +15,8 @@ from typing import Any
 from .models import EventType, HumanInputRequest
 
 GROUP_PREFIX = "humaninput."
+# Every event also rings this group: the operator inbox follows all executions.
+INBOX_GROUP = "humaninput-inbox"
 _HASHED_GROUP_PREFIX = "humaninput-h."
 # channels accepts ^[A-Za-z0-9._-]{1,99}$ (channels.layers.BaseChannelLayer).
 _GROUP_SAFE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")

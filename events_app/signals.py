@@ -21,7 +21,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from .conf import humaninput_settings
-from .events import doorbell_message, group_name
+from .events import INBOX_GROUP, doorbell_message, group_name
 from .models import HumanInputEvent
 
 logger = logging.getLogger(__name__)
@@ -36,20 +36,19 @@ def _count(outcome: str) -> None:
         publish_stats[outcome] += 1
 
 
-async def _group_send(group: str, message: dict[str, Any]) -> None:
+async def _group_send(groups: list[str], message: dict[str, Any]) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    await asyncio.wait_for(
-        layer.group_send(group, message), timeout=humaninput_settings.PUBLISH_TIMEOUT_SECONDS
-    )
+    sends = asyncio.gather(*(layer.group_send(group, message) for group in groups))
+    await asyncio.wait_for(sends, timeout=humaninput_settings.PUBLISH_TIMEOUT_SECONDS)
 
 
 def publish_event(payload: dict[str, Any]) -> None:
-    """Ring the doorbell of ``payload``'s execution; never raises."""
-    group = group_name(payload["execution_id"])
+    """Ring the doorbells of ``payload``'s execution and of the inbox; never raises."""
+    groups = [group_name(payload["execution_id"]), INBOX_GROUP]
     try:
-        async_to_sync(_group_send)(group, doorbell_message(payload))
+        async_to_sync(_group_send)(groups, doorbell_message(payload))
     except Exception:
         _count("failed")
         logger.exception(
