@@ -12,6 +12,7 @@ from django import template
 from django.middleware.csrf import get_token
 from django.urls import reverse
 
+from ..exceptions import InvalidExecutionId
 from ..inbox import pending_requests
 from ..log import validate_execution_id
 
@@ -25,7 +26,10 @@ def humaninput_inbox(
     """Pending requests (of one execution, or all), answerable in place, updated live."""
     request = context.get("request")
     if execution_id:
-        validate_execution_id(execution_id)
+        try:
+            validate_execution_id(execution_id)
+        except InvalidExecutionId as error:
+            raise template.TemplateSyntaxError(f"humaninput_inbox: {error.detail}") from None
     stream_url = reverse("humaninput-inbox-stream")
     if execution_id:
         stream_url += f"?execution_id={execution_id}"
