@@ -177,3 +177,24 @@ async def test_the_inbox_needs_a_staff_login(server):
         stream = await anonymous.get("/inbox/stream")
     assert page.status_code == 302 and "/admin/login/" in page.headers["location"]
     assert stream.status_code == 401
+
+
+async def test_an_answer_given_in_the_admin_reaches_the_agent(server, api_key, execution_id, page, tmp_path):
+    agent = HumanInputClient(server.http_url, token=api_key)
+    asking = asyncio.create_task(
+        agent.ask_async(
+            execution_id, "Roll back the canary?", context="Error rate 2.3% (limit 1%)", timeout=60
+        )
+    )
+    await expect(card(page, "Roll back the canary?")).to_be_visible()
+    request_id = await card(page, "Roll back the canary?").get_attribute("data-request-id")
+    await page.goto(f"{server.http_url}/admin/events_app/humaninputrequest/{request_id}/change/")
+    await page.fill("textarea[name=response]", "Yes, roll back now.")
+
+    shot = tmp_path / "admin.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    keep_screenshot(shot)
+
+    await page.get_by_role("button", name="Send answer").click()
+    assert await asyncio.wait_for(asking, DEADLINE) == "Yes, roll back now."
+    await expect(page.locator(".messagelist")).to_contain_text("nswer")
