@@ -17,8 +17,9 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+# The test suite includes the optional crewAI adapter's tests, so it installs crewAI too.
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt requirements-crewai.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt -r requirements-crewai.txt
 	touch $(VENV)/.installed $@
 
 # Embedded default: SQLite + in-memory channel layer, one daphne process.

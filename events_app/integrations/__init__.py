@@ -1,0 +1,1 @@
+"""Adapters for agent frameworks. Each imports its framework; the core never imports them."""

@@ -1,0 +1,226 @@
+"""crewAI: a real Crew with a ``human_input=True`` task asks through a real daphne.
+
+The LLM is a scripted ``BaseLLM`` (no network); the human is a second client
+on the WebSocket. crewAI is imported only by these tests and the adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Before crewAI is imported: no telemetry or tracing calls to the outside.
+os.environ.setdefault("CREWAI_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("CREWAI_TRACING_ENABLED", "false")
+os.environ.setdefault("OTEL_SDK_DISABLED", "true")
+
+from crewai import Agent, Crew, Task
+from crewai.flow import Flow, human_feedback, listen, start
+from crewai.llms.base_llm import BaseLLM
+
+from events_app.client import HumanInputClient
+from events_app.integrations.crewai import (
+    HumanFeedbackUnavailable,
+    HumanInputServiceProvider,
+    humaninput_feedback,
+)
+
+from .conftest import DEADLINE, ROOT, poll, ws_connect, ws_recv
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+class ScriptedLLM(BaseLLM):
+    """Returns the next canned draft as a crewAI final answer; records what it was sent."""
+
+    drafts: list[str] = []
+    received: list[str] = []
+
+    def call(
+        self,
+        messages,
+        tools=None,
+        callbacks=None,
+        available_functions=None,
+        from_task=None,
+        from_agent=None,
+        response_model=None,
+    ):
+        self.received.append(json.dumps(messages, default=str))
+        draft = self.drafts.pop(0) if len(self.drafts) > 1 else self.drafts[0]
+        return f"Thought: I now know the final answer\nFinal Answer: {draft}"
+
+    def supports_function_calling(self) -> bool:
+        return False
+
+    def supports_stop_words(self) -> bool:
+        return False
+
+    def get_context_window_size(self) -> int:
+        return 8192
+
+
+def release_notes_crew(*drafts: str, retries: int = 2) -> tuple[Crew, Task, Agent, ScriptedLLM]:
+    llm = ScriptedLLM(model="scripted", drafts=list(drafts), received=[])
+    agent = Agent(
+        role="Release writer",
+        goal="Write release notes",
+        backstory="Terse.",
+        llm=llm,
+        max_retry_limit=retries,
+    )
+    task = Task(
+        description="Write the release notes for version 1.2.",
+        expected_output="Release notes",
+        agent=agent,
+        human_input=True,
+    )
+    return Crew(agents=[agent], tasks=[task]), task, agent, llm
+
+
+async def human_reviewer(server, api_key, execution_id, answers: list[str]) -> list[dict]:
+    """Answer each human_input_required with the next answer, over the WebSocket."""
+    seen: list[dict] = []
+    ws = await ws_connect(server, execution_id, token=api_key)
+    remaining = list(answers)
+    while remaining or seen[-1]["type"] != "human_input_completed":
+        event = await ws_recv(ws, deadline=60)
+        seen.append(event)
+        if event["type"] == "human_input_required":
+            reply = {"type": "respond", "request_id": event["request_id"], "response": remaining.pop(0)}
+            await ws.send(json.dumps(reply))
+    await ws.close()
+    return seen
+
+
+def kickoff(crew: Crew, server, api_key, execution_id, **options):
+    with humaninput_feedback(server.http_url, api_key, execution_id=execution_id, **options):
+        return crew.kickoff()
+
+
+async def test_feedback_goes_back_to_the_agent_and_an_empty_answer_approves(server, api_key, execution_id):
+    crew, task, agent, llm = release_notes_crew(
+        "1.2: faster sync.", "1.2: faster sync; fixes CVE-2026-1234 in the uploader."
+    )
+    output, seen = await asyncio.gather(
+        asyncio.to_thread(kickoff, crew, server, api_key, execution_id, timeout=60),
+        human_reviewer(server, api_key, execution_id, ["Mention the security fix.", ""]),
+    )
+    assert output.raw == "1.2: faster sync; fixes CVE-2026-1234 in the uploader."
+    assert "Mention the security fix." in llm.received[-1]  # fed back as crewAI's console flow does
+
+    log = (await poll(server, execution_id, token=api_key)).json()["events"]
+    assert [event["type"] for event in log] == [
+        "human_input_required",
+        "human_input_completed",
+        "human_input_required",
+        "human_input_completed",
+    ]
+    first, second = log[0], log[2]
+    assert first["prompt"].startswith("1.2: faster sync.")
+    assert second["prompt"].startswith("1.2: faster sync; fixes CVE-2026-1234")
+    assert first["context"] == "Write the release notes for version 1.2."
+    assert (first["crew_id"], first["task_id"], first["agent_id"]) == (
+        str(crew.id),
+        str(task.id),
+        str(agent.id),
+    )
+    assert [event["human_feedback"] for event in (log[1], log[3])] == ["Mention the security fix.", ""]
+    assert seen[0]["request_id"] == first["request_id"]
+
+
+async def test_async_kickoff_asks_without_blocking_the_event_loop(server, api_key, execution_id):
+    crew, _, _, _ = release_notes_crew("Only draft.")
+    with humaninput_feedback(server.http_url, api_key, execution_id=execution_id, timeout=60):
+        output, _ = await asyncio.gather(
+            crew.kickoff_async(), human_reviewer(server, api_key, execution_id, [""])
+        )
+    assert output.raw == "Only draft."
+
+
+async def test_no_answer_fails_the_task_by_default(server, api_key, execution_id):
+    crew, _, _, _ = release_notes_crew("Unreviewed draft.", retries=0)  # crewAI would retry the task
+    with pytest.raises(HumanFeedbackUnavailable):
+        await asyncio.to_thread(kickoff, crew, server, api_key, execution_id, timeout=1)
+
+
+async def test_no_answer_can_proceed_with_the_draft(server, api_key, execution_id):
+    crew, _, _, _ = release_notes_crew("Unreviewed draft.")
+    output = await asyncio.to_thread(
+        kickoff, crew, server, api_key, execution_id, timeout=1, on_timeout="proceed"
+    )
+    assert output.raw == "Unreviewed draft."
+    log = (await poll(server, execution_id, token=api_key)).json()["events"]
+    assert [event["type"] for event in log] == ["human_input_required", "human_input_expired"]
+
+
+class ReviewFlow(Flow):
+    @start()
+    @human_feedback(message="Please review this summary:")
+    def summarize(self):
+        return "Q3 revenue up 12%."
+
+    @listen(summarize)
+    def publish(self, result):
+        return f"published; reviewer said {self.last_human_feedback.feedback!r}"
+
+
+async def test_flow_human_feedback_asks_through_humaninput(server, api_key, execution_id):
+    def run_flow():
+        with humaninput_feedback(server.http_url, api_key, execution_id=execution_id, timeout=60):
+            return ReviewFlow().kickoff()
+
+    output, seen = await asyncio.gather(
+        asyncio.to_thread(run_flow),
+        human_reviewer(server, api_key, execution_id, ["Add the EU numbers."]),
+    )
+    assert output == "published; reviewer said 'Add the EU numbers.'"
+    assert seen[0]["prompt"] == "Please review this summary:\n\nQ3 revenue up 12%."
+    assert seen[0]["task_id"] == "summarize"
+
+
+def test_provider_refuses_an_unknown_timeout_policy(api_key):
+    with pytest.raises(ValueError, match="on_timeout"):
+        HumanInputServiceProvider(HumanInputClient("http://127.0.0.1:1", token=api_key), on_timeout="retry")
+
+
+def test_the_core_service_never_imports_crewai():
+    modules = (
+        "events_app.services, events_app.client, events_app.consumers, events_app.api.urls, events_app.admin"
+    )
+    code = (
+        "import django, os, sys; os.environ['DJANGO_DEBUG'] = '1'; "
+        "os.environ['DJANGO_SETTINGS_MODULE'] = 'humaninput_project.settings'; django.setup(); "
+        f"import {modules}; import humaninput_project.asgi; print('crewai' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=DEADLINE * 4
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+async def test_the_crewai_example_runs_against_the_server(server, api_key, execution_id):
+    env = {**os.environ, "HUMANINPUT_URL": server.http_url, "HUMANINPUT_TOKEN": api_key}
+    env.pop("EXAMPLE_LLM", None)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "examples" / "crewai_human_in_the_loop.py"),
+        "--auto-answer",
+        "--execution-id",
+        execution_id,
+        "--timeout",
+        "60",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert "[crew] final output: Release 1.2 makes sync 40% faster and fixes a security issue" in text
