@@ -4,7 +4,8 @@ crewAI (1.x) hands the human-feedback step of an agent's executor to the
 provider set with ``crewai.core.providers.human_input.set_provider``. Ours
 turns each round into a humaninput request: the prompt is the agent's draft
 plus a question, the context is the task's description, ``crew_id``,
-``task_id`` and ``agent_id`` come from the crew. The answer drives crewAI's
+``task_id`` and ``agent_id`` come from the crew, and the execution id is the
+one given, else crewAI's id of the running kickoff. The answer drives crewAI's
 usual loop: an empty answer approves the draft; anything else goes back to
 the agent as feedback (``_format_feedback_message`` + ``_invoke_loop``, as the
 console provider does) and the next draft is asked about again.
@@ -45,6 +46,7 @@ from crewai.core.providers.human_input import (
     reset_provider,
     set_provider,
 )
+from crewai.execution import get_execution_uuid
 from crewai.flow.flow_config import flow_config
 
 from ..client import AskTimeout, HumanInputClient, HumanInputError, RequestCancelled, RequestExpired
@@ -109,7 +111,8 @@ class HumanInputServiceProvider(SyncHumanInputProvider):
         """The humaninput request for one round of review of ``answer``."""
         crew, task, agent = context.crew, context.task, context.agent
         draft = self._get_output_string(answer)
-        execution_id = self.execution_id or (f"crew-{_identifier(crew)}" if crew else "crewai")
+        # crewAI binds one uuid per outermost kickoff: a crew run is an execution.
+        execution_id = self.execution_id or get_execution_uuid() or f"crew-{_identifier(crew)}"
         metadata = {
             "source": "crewai",
             "agent_role": getattr(agent, "role", "") or "",

@@ -11,7 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 
+import httpx
 import pytest
 
 # Before crewAI is imported: no telemetry or tracing calls to the outside.
@@ -30,7 +33,7 @@ from events_app.integrations.crewai import (
     humaninput_feedback,
 )
 
-from .conftest import DEADLINE, ROOT, poll, ws_connect, ws_recv
+from .conftest import DEADLINE, ROOT, bearer, poll, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -224,3 +227,36 @@ async def test_the_crewai_example_runs_against_the_server(server, api_key, execu
     text = output.decode()
     assert process.returncode == 0, text
     assert "[crew] final output: Release 1.2 makes sync 40% faster and fixes a security issue" in text
+
+
+async def answer_pending_of_crew(server, api_key, crew_id: str, answer: str) -> dict:
+    """Find this crew's pending request through the REST list and answer it there."""
+    async with httpx.AsyncClient(base_url=server.http_url, headers=bearer(api_key), timeout=DEADLINE) as api:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            page = (await api.get("/api/human-input/requests", params={"status": "pending"})).json()
+            mine = [item for item in page["results"] if item["crew_id"] == crew_id]
+            if mine:
+                await api.post(
+                    f"/api/human-input/requests/{mine[0]['id']}/respond", json={"response": answer}
+                )
+                return mine[0]
+            await asyncio.sleep(0.1)  # polling the server's state, with a deadline
+    raise AssertionError("the crew never asked")
+
+
+async def test_without_an_execution_id_each_kickoff_is_its_own_execution(server, api_key):
+    crew, _, _, _ = release_notes_crew("Draft.")
+
+    def run():
+        with humaninput_feedback(server.http_url, api_key, timeout=60):
+            return crew.kickoff()
+
+    executions = []
+    for _ in range(2):
+        _, asked = await asyncio.gather(
+            asyncio.to_thread(run), answer_pending_of_crew(server, api_key, str(crew.id), "")
+        )
+        executions.append(asked["execution_id"])
+    assert executions[0] != executions[1]
+    assert all(uuid.UUID(execution) for execution in executions)
