@@ -28,43 +28,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import websockets
 from crewai import LLM, Agent, Crew, Task
-from crewai.llms.base_llm import BaseLLM
 
 from events_app.integrations.crewai import humaninput_feedback
+from events_app.integrations.crewai_testing import ScriptedLLM
+
+DRAFTS = [
+    "Release 1.2 makes sync 40% faster.",
+    "Release 1.2 makes sync 40% faster and fixes a security issue in file uploads (CVE-2026-1234).",
+]
 
 BASE_URL = os.environ.get("HUMANINPUT_URL", "http://127.0.0.1:8000")
 TOKEN = os.environ.get("HUMANINPUT_TOKEN")
-
-
-class ScriptedLLM(BaseLLM):
-    """Stands in for a model: each call returns the next prepared draft."""
-
-    drafts: list[str] = [
-        "Release 1.2 makes sync 40% faster.",
-        "Release 1.2 makes sync 40% faster and fixes a security issue in file uploads (CVE-2026-1234).",
-    ]
-
-    def call(
-        self,
-        messages,
-        tools=None,
-        callbacks=None,
-        available_functions=None,
-        from_task=None,
-        from_agent=None,
-        response_model=None,
-    ):
-        draft = self.drafts.pop(0) if len(self.drafts) > 1 else self.drafts[0]
-        return f"Thought: I now know the final answer\nFinal Answer: {draft}"
-
-    def supports_function_calling(self) -> bool:
-        return False
-
-    def supports_stop_words(self) -> bool:
-        return False
-
-    def get_context_window_size(self) -> int:
-        return 8192
 
 
 def scripted_reviewer(execution_id: str) -> None:
@@ -100,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = os.environ.get("EXAMPLE_LLM")
-    llm = LLM(model=model) if model else ScriptedLLM(model="scripted")
+    llm = LLM(model=model) if model else ScriptedLLM(model="scripted", drafts=list(DRAFTS))
     writer = Agent(
         role="Release writer", goal="Write accurate release notes", backstory="Terse and precise.", llm=llm
     )

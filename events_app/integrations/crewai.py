@@ -85,8 +85,8 @@ def _identifier(thing: Any) -> str:
     return str(value) if value is not None else ""
 
 
-class HumanInputServiceProvider(SyncHumanInputProvider):
-    """crewAI human-input provider that asks through a humaninput server."""
+class _AskOptions:
+    """What both providers share: the client, the execution, the timeout and what it means."""
 
     def __init__(
         self,
@@ -95,7 +95,6 @@ class HumanInputServiceProvider(SyncHumanInputProvider):
         execution_id: str | None = None,
         timeout: float | None = None,
         on_timeout: Literal["fail", "proceed"] = "fail",
-        question: str = DEFAULT_QUESTION,
     ) -> None:
         if on_timeout not in ("fail", "proceed"):
             raise ValueError("on_timeout must be 'fail' or 'proceed'")
@@ -103,6 +102,19 @@ class HumanInputServiceProvider(SyncHumanInputProvider):
         self.execution_id = execution_id
         self.timeout = timeout
         self.on_timeout = on_timeout
+
+    def no_answer(self, error: Exception) -> None:
+        """Nobody answered: return to proceed without feedback, or raise to fail."""
+        if self.on_timeout == "fail":
+            raise HumanFeedbackUnavailable(f"No human feedback: {error}") from error
+        logger.warning("no human feedback (%s); proceeding without it", error)
+
+
+class HumanInputServiceProvider(_AskOptions, SyncHumanInputProvider):
+    """crewAI human-input provider that asks through a humaninput server."""
+
+    def __init__(self, client: HumanInputClient, *, question: str = DEFAULT_QUESTION, **options: Any) -> None:
+        super().__init__(client, **options)
         self.question = question
 
     # --- what is asked -------------------------------------------------------------
@@ -138,10 +150,8 @@ class HumanInputServiceProvider(SyncHumanInputProvider):
                 fields.pop("execution_id"), fields.pop("prompt"), timeout=self.timeout, **fields
             )
         except NO_ANSWER as error:
-            if self.on_timeout == "proceed":
-                logger.warning("no human feedback (%s); proceeding with the draft", error)
-                return None
-            raise HumanFeedbackUnavailable(f"No human feedback: {error}") from error
+            self.no_answer(error)
+            return None
 
     # --- crewAI's hooks --------------------------------------------------------------
 
@@ -180,27 +190,12 @@ class HumanInputServiceProvider(SyncHumanInputProvider):
         return answer
 
 
-class HumanInputFlowProvider:
+class HumanInputFlowProvider(_AskOptions):
     """crewAI Flow ``HumanFeedbackProvider``: ``@human_feedback`` asks through humaninput.
 
     ``request_feedback`` returns a coroutine; the flow awaits it on its own
     loop, so waiting for the human blocks nothing else.
     """
-
-    def __init__(
-        self,
-        client: HumanInputClient,
-        *,
-        execution_id: str | None = None,
-        timeout: float | None = None,
-        on_timeout: Literal["fail", "proceed"] = "fail",
-    ) -> None:
-        if on_timeout not in ("fail", "proceed"):
-            raise ValueError("on_timeout must be 'fail' or 'proceed'")
-        self.client = client
-        self.execution_id = execution_id
-        self.timeout = timeout
-        self.on_timeout = on_timeout
 
     def request_feedback(self, context: Any, flow: Any) -> Coroutine[Any, Any, str]:
         """Called by crewAI after a ``@human_feedback`` method returns."""
@@ -227,10 +222,8 @@ class HumanInputFlowProvider:
                 metadata={key: value for key, value in metadata.items() if value},
             )
         except NO_ANSWER as error:
-            if self.on_timeout == "proceed":
-                logger.warning("no human feedback (%s); continuing with no feedback", error)
-                return ""
-            raise HumanFeedbackUnavailable(f"No human feedback: {error}") from error
+            self.no_answer(error)
+            return ""
 
 
 def use_humaninput(

@@ -24,7 +24,6 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "true")
 
 from crewai import Agent, Crew, Task
 from crewai.flow import Flow, human_feedback, listen, start
-from crewai.llms.base_llm import BaseLLM
 
 from events_app.client import HumanInputClient
 from events_app.integrations.crewai import (
@@ -32,40 +31,11 @@ from events_app.integrations.crewai import (
     HumanInputServiceProvider,
     humaninput_feedback,
 )
+from events_app.integrations.crewai_testing import ScriptedLLM
 
 from .conftest import DEADLINE, ROOT, bearer, poll, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-class ScriptedLLM(BaseLLM):
-    """Returns the next canned draft as a crewAI final answer; records what it was sent."""
-
-    drafts: list[str] = []
-    received: list[str] = []
-
-    def call(
-        self,
-        messages,
-        tools=None,
-        callbacks=None,
-        available_functions=None,
-        from_task=None,
-        from_agent=None,
-        response_model=None,
-    ):
-        self.received.append(json.dumps(messages, default=str))
-        draft = self.drafts.pop(0) if len(self.drafts) > 1 else self.drafts[0]
-        return f"Thought: I now know the final answer\nFinal Answer: {draft}"
-
-    def supports_function_calling(self) -> bool:
-        return False
-
-    def supports_stop_words(self) -> bool:
-        return False
-
-    def get_context_window_size(self) -> int:
-        return 8192
 
 
 def release_notes_crew(*drafts: str, retries: int = 2) -> tuple[Crew, Task, Agent, ScriptedLLM]:
