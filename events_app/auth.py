@@ -36,6 +36,8 @@ _TOKEN_SALT = "humaninput.scoped-token"
 # Longer than any key or token we issue; refusing early bounds the work an
 # attacker can make us do per request.
 MAX_TOKEN_LENGTH = 4096
+# The challenge of every 401, on every transport that speaks HTTP.
+WWW_AUTHENTICATE = 'Bearer realm="humaninput"'
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,12 @@ itself, and the snapshot it then receives is its resume.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
@@ -27,7 +26,7 @@ from .exceptions import HumanInputError, PermissionDenied
 from .http import error_response
 from .log import validate_execution_id
 from .models import HumanInputRequest, RequestStatus
-from .sse import format_heartbeat
+from .sse import event_stream_response, format_data, format_heartbeat
 from .subscription import GroupListener
 
 INBOX_LIMIT = 500
@@ -70,10 +69,6 @@ def inbox_page(request: HttpRequest, execution_id: str | None = None) -> HttpRes
     return render(request, "events_app/inbox.html", {"execution_id": execution_id})
 
 
-def _frame(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
-
-
 async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     yield f"retry: {humaninput_settings.SSE_RETRY_MILLISECONDS}\n\n"
@@ -81,7 +76,7 @@ async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
     try:
         await listener.join()
         snapshot = await apending_requests(execution_id=execution_id)
-        yield _frame({"type": "snapshot", "pending": snapshot})
+        yield format_data({"type": "snapshot", "pending": snapshot})
         next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
         quiet_since = loop.time()
         while True:
@@ -91,7 +86,7 @@ async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
             if message is not None:
                 event = message.get("event") or {}
                 if execution_id is None or event.get("execution_id") == execution_id:
-                    yield _frame(event)
+                    yield format_data(event)
                     quiet_since = loop.time()
                 continue
             if loop.time() >= next_check:
@@ -99,7 +94,7 @@ async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
                 fresh = await apending_requests(execution_id=execution_id)
                 if fresh != snapshot:
                     snapshot = fresh
-                    yield _frame({"type": "snapshot", "pending": snapshot})
+                    yield format_data({"type": "snapshot", "pending": snapshot})
                     quiet_since = loop.time()
                 next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
             if loop.time() >= quiet_since + humaninput_settings.SSE_HEARTBEAT_SECONDS:
@@ -121,7 +116,4 @@ async def inbox_stream(request: HttpRequest) -> HttpResponse:
             validate_execution_id(execution_id)
     except HumanInputError as error:
         return error_response(error)
-    response = StreamingHttpResponse(_inbox_stream(execution_id), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return event_stream_response(_inbox_stream(execution_id))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
@@ -31,9 +32,21 @@ def format_event(payload: Payload) -> str:
     return f"id: {payload['event_id']}\ndata: {json.dumps(payload)}\n\n"
 
 
+def format_data(data: dict[str, Any]) -> str:
+    """A message without ``id:``: not an event a client could resume from."""
+    return f"data: {json.dumps(data)}\n\n"
+
+
 def format_heartbeat() -> str:
-    beat = {"type": "heartbeat", "timestamp": format_timestamp(timezone.now())}
-    return f"data: {json.dumps(beat)}\n\n"
+    return format_data({"type": "heartbeat", "timestamp": format_timestamp(timezone.now())})
+
+
+def event_stream_response(stream: AsyncIterator[str]) -> StreamingHttpResponse:
+    """``text/event-stream`` that neither browsers nor proxies (nginx) cache or buffer."""
+    response = StreamingHttpResponse(stream, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
 
 
 async def _stream(execution_id: str, after_sequence: int) -> AsyncIterator[str]:
@@ -66,7 +79,4 @@ async def human_input_stream(request: HttpRequest, execution_id: str) -> HttpRes
     except HumanInputError as error:
         return error_response(error)
     after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
-    response = StreamingHttpResponse(_stream(execution_id, after), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return event_stream_response(_stream(execution_id, after))

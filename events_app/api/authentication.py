@@ -10,7 +10,7 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from ..auth import Principal, anonymous_allowed, authenticate, http_token
+from ..auth import WWW_AUTHENTICATE, Principal, anonymous_allowed, authenticate, http_token
 from ..exceptions import NotAuthenticated
 
 
@@ -38,7 +38,7 @@ class HumanInputAuthentication(BaseAuthentication):
         return None
 
     def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="humaninput"'
+        return WWW_AUTHENTICATE
 
 
 class HasPrincipal(BasePermission):

@@ -9,14 +9,12 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..exceptions import HumanInputError
+from ..http import error_headers
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, HumanInputError):
-        response = Response(exc.as_dict(), status=exc.http_status)
-        if exc.http_status == 401:
-            response["WWW-Authenticate"] = 'Bearer realm="humaninput"'
-        return response
+        return Response(exc.as_dict(), status=exc.http_status, headers=error_headers(exc))
     response = drf_exception_handler(exc, context)
     if response is not None and isinstance(exc, exceptions.APIException):
         if isinstance(response.data, dict) and "detail" in response.data:
