@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
@@ -90,3 +92,33 @@ def asgi_http_scope(path: str, *, query: str = "", headers: list[tuple[bytes, by
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
+
+
+# --- waiting on other processes -------------------------------------------------------
+#
+# State held by another process (a daphne, Redis, the database) announces nothing
+# to the test, so it can only be read again until it is right. These two helpers
+# are the only places the suite re-reads on a timer: ``eventually`` for a state
+# that must arrive before a deadline, ``throughout`` for one that must hold for a
+# window (an absence can only be observed over time).
+
+POLL_INTERVAL = 0.05
+
+
+async def eventually(probe, *, accept=bool, deadline: float = 15.0, what: str = "the condition"):
+    """Re-read ``probe()`` until ``accept(value)``; the accepted value, or AssertionError at the deadline."""
+    end = time.monotonic() + deadline
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        assert time.monotonic() < end, f"{what} not reached within {deadline} s (last read: {value!r})"
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def throughout(probe, *, seconds: float, what: str) -> None:
+    """Assert ``probe()`` is truthy at every read for ``seconds``."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert await probe(), f"{what} stopped holding"
+        await asyncio.sleep(POLL_INTERVAL)

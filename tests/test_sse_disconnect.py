@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -25,14 +24,10 @@ async def group_members(execution_id: str) -> int:
         return await connection.zcard(layer._group_key(group))
 
 
-async def wait_members(execution_id: str, expected: int, deadline: float = 5) -> int:
-    end = time.monotonic() + deadline
-    while (members := await group_members(execution_id)) != expected and time.monotonic() < end:
-        await asyncio.sleep(0.02)  # polling another component's state, with a deadline
-    return members
-
-
-async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, execution_id):
+async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, execution_id, settings):
+    # The stream joins its group, reads the log, then sends its first heartbeat:
+    # receiving that heartbeat proves the membership exists, with no polling.
+    settings.HUMANINPUT_SSE_HEARTBEAT_SECONDS = 0.05
     app = get_asgi_application()
     inbound: asyncio.Queue[dict] = asyncio.Queue()
     outbound: asyncio.Queue[dict] = asyncio.Queue()
@@ -45,12 +40,14 @@ async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, e
     assert (start["type"], start["status"]) == ("http.response.start", 200)
     first = await asyncio.wait_for(outbound.get(), 5)
     assert first["body"] == b"retry: 3000\n\n"
-    assert await wait_members(execution_id, 1) == 1
+    heartbeat = await asyncio.wait_for(outbound.get(), 5)
+    assert b'"type": "heartbeat"' in heartbeat["body"]
+    assert await group_members(execution_id) == 1
 
     await inbound.put({"type": "http.disconnect"})
-    await asyncio.wait_for(request, 5)
+    await asyncio.wait_for(request, 5)  # leaving the group is awaited before the view ends
 
-    assert await wait_members(execution_id, 0) == 0
+    assert await group_members(execution_id) == 0
     leftover = {task for task in asyncio.all_tasks() - tasks_before if not task.done()}
     leftover.discard(asyncio.current_task())
     assert leftover == set()

@@ -60,12 +60,6 @@ def assert_timestamp(value: str) -> None:
     assert value.endswith("+00:00")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def database_url() -> str:
     """The URL of the database this test run uses (after pytest-django renamed it)."""
     db = settings.DATABASES["default"]
@@ -117,38 +111,43 @@ class DaphneServer:
         return env
 
     def start(self, tmp_dir: Path, port: int | None = None) -> DaphneServer:
-        """Start on ``port`` (a restart keeps its address), else on a free one."""
-        self.port = port or free_port()
+        """Start on ``port`` (a restart keeps its address), else on a free one.
+
+        The test process binds and listens on the socket itself and hands it
+        to daphne (``--fd``): it accepts connections from the first moment,
+        queued until daphne serves them, so one health request with a deadline
+        is the whole start-up wait (no port race, no polling).
+        """
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port or 0))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
         self.log_path = tmp_dir / f"daphne-{self.port}.log"
-        with open(self.log_path, "ab") as log:
+        with listener, open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     sys.executable,
                     "-m",
                     "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
+                    "--fd",
+                    str(listener.fileno()),
                     "humaninput_project.asgi:application",
                 ],
                 cwd=ROOT,
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                pass_fds=[listener.fileno()],
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.http_url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)  # polling a process start-up, not synchronising a test
-        self.stop()
-        raise RuntimeError(f"daphne did not become healthy:\n{self.log()}")
+        try:
+            healthy = httpx.get(f"{self.http_url}/health", timeout=30).status_code == 200
+        except httpx.HTTPError:
+            healthy = False
+        if not healthy:
+            self.stop()
+            raise RuntimeError(f"daphne did not become healthy:\n{self.log()}")
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

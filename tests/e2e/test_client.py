@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import websockets
@@ -99,21 +98,31 @@ async def test_respond_reports_a_conflict_to_the_second_answerer(server, api_key
     assert (await asyncio.to_thread(client.get_request, created["id"]))["response"] == "first"
 
 
-async def collect(subscription, into: list, stop_after: int) -> None:
+class Received(list):
+    """Events a subscription delivered, with a way to wait until there are ``n`` of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Condition()
+
+    async def add(self, event: dict) -> None:
+        async with self.changed:
+            self.append(event)
+            self.changed.notify_all()
+
+    async def count_reaches(self, n: int, deadline: float = 20) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: len(self) >= n), deadline)
+
+
+async def collect(subscription, into: Received, stop_after: int) -> None:
     try:
         async for event in subscription:
-            into.append(event)
+            await into.add(event)
             if len(into) >= stop_after:
                 return
     finally:
         await subscription.aclose()  # hang up, as a real consumer would
-
-
-async def wait_until(predicate, deadline: float = 20) -> None:
-    end = time.monotonic() + deadline
-    while not predicate():
-        assert time.monotonic() < end, "condition not met before the deadline"
-        await asyncio.sleep(0.05)
 
 
 async def test_subscriber_resumes_across_a_server_restart_with_nothing_lost_or_repeated(
@@ -124,10 +133,10 @@ async def test_subscriber_resumes_across_a_server_restart_with_nothing_lost_or_r
     )
     with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()) as server:
         client = HumanInputClient(server.http_url, token=api_key, reconnect_max_delay=0.5)
-        received: list[dict] = []
+        received = Received()
         following = asyncio.create_task(collect(client.subscribe(execution_id), received, stop_after=8))
         await write(3)
-        await wait_until(lambda: len(received) == 3)
+        await received.count_reaches(3)
 
         server.stop()  # every connection drops; the client starts reconnecting
         await write(3)  # written while no server runs
@@ -156,7 +165,7 @@ async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
     monkeypatch.setattr(HumanInputClient, "_open", spy_open)
     await create(execution_id=execution_id, prompt="via SSE?")
     client = HumanInputClient(server.http_url, token=api_key)
-    received: list[dict] = []
+    received = Received()
     await asyncio.wait_for(collect(client.subscribe(execution_id), received, stop_after=1), 15)
     assert received[0]["prompt"] == "via SSE?"
     assert opened == ["ws", "sse"]
@@ -164,10 +173,10 @@ async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
 
 async def test_subscribe_over_long_polling_only(server, api_key, execution_id):
     client = HumanInputClient(server.http_url, token=api_key, transports=("poll",), poll_wait=2)
-    received: list[dict] = []
+    received = Received()
     following = asyncio.create_task(collect(client.subscribe(execution_id), received, stop_after=2))
     await create(execution_id=execution_id, prompt="one")
-    await wait_until(lambda: len(received) == 1)
+    await received.count_reaches(1)
     await create(execution_id=execution_id, prompt="two")
     await asyncio.wait_for(following, 15)
     assert [event["prompt"] for event in received] == ["one", "two"]

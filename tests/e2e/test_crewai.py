@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx
@@ -33,7 +32,7 @@ from events_app.integrations.crewai import (
 )
 from events_app.integrations.crewai_testing import ScriptedLLM
 
-from .conftest import DEADLINE, ROOT, bearer, poll, ws_connect, ws_recv
+from .conftest import DEADLINE, ROOT, SSEStream, bearer, poll, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -200,19 +199,20 @@ async def test_the_crewai_example_runs_against_the_server(server, api_key, execu
 
 
 async def answer_pending_of_crew(server, api_key, crew_id: str, answer: str) -> dict:
-    """Find this crew's pending request through the REST list and answer it there."""
+    """Watch the inbox stream (a snapshot, then live events) for this crew's question; answer it over REST."""
     async with httpx.AsyncClient(base_url=server.http_url, headers=bearer(api_key), timeout=DEADLINE) as api:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            page = (await api.get("/api/human-input/requests", params={"status": "pending"})).json()
-            mine = [item for item in page["results"] if item["crew_id"] == crew_id]
-            if mine:
-                await api.post(
-                    f"/api/human-input/requests/{mine[0]['id']}/respond", json={"response": answer}
-                )
-                return mine[0]
-            await asyncio.sleep(0.1)  # polling the server's state, with a deadline
-    raise AssertionError("the crew never asked")
+        async with api.stream("GET", "/inbox/stream") as response:
+            stream = SSEStream(response)
+            asked = None
+            while asked is None:
+                data = json.loads((await stream.next_message(deadline=60)).get("data", "null")) or {}
+                if data.get("type") == "snapshot":
+                    candidates = data["pending"]
+                else:
+                    candidates = [data] if data.get("type") == "human_input_required" else []
+                asked = next((item for item in candidates if item["crew_id"] == crew_id), None)
+        await api.post(f"/api/human-input/requests/{asked['request_id']}/respond", json={"response": answer})
+        return asked
 
 
 async def test_without_an_execution_id_each_kickoff_is_its_own_execution(server, api_key):

@@ -9,11 +9,9 @@ the disabled-scheduler tests need to find still pending.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
@@ -26,6 +24,7 @@ from django.utils import timezone
 from events_app import services
 from events_app.models import HumanInputEvent, HumanInputRequest
 
+from ..conftest import eventually, throughout
 from .conftest import (
     DEADLINE,
     RESOLVED_FIELDS,
@@ -95,11 +94,14 @@ async def ask_with_timeout(api: httpx.AsyncClient, execution_id: str, seconds: f
     return response.json()
 
 
-async def wait_for_status(request_id: str, status: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while (current := await status_of(request_id)) != status:
-        assert time.monotonic() < end, f"still {current} after {deadline} s"
-        await asyncio.sleep(0.05)  # polling the server's writes, not synchronising
+async def wait_for_status(request_id: str, status: str) -> None:
+    """The server's scheduler writes the change; re-read the database until it is there."""
+    await eventually(
+        lambda: status_of(request_id),
+        accept=lambda current: current == status,
+        deadline=DEADLINE,
+        what=f"status {status}",
+    )
 
 
 async def test_an_unread_request_expires_on_its_own_with_its_event(api, execution_id):
@@ -145,12 +147,15 @@ async def test_a_request_answered_in_time_does_not_expire(api, execution_id):
     created = await ask_with_timeout(api, execution_id, 1)
     answer = await api.post(f"{REQUESTS}/{created['id']}/respond", json={"response": "in time"})
     assert answer.status_code == 200
+
     # Asserting an absence: through two scheduler rounds past expires_at, nothing changes.
-    end = time.monotonic() + 2.5
-    while time.monotonic() < end:
-        assert await status_of(created["id"]) == "completed"
-        assert await event_types(created["id"]) == ["human_input_required", "human_input_completed"]
-        await asyncio.sleep(0.1)  # pacing the reads of an absence check
+    async def unchanged() -> bool:
+        return await status_of(created["id"]) == "completed" and await event_types(created["id"]) == [
+            "human_input_required",
+            "human_input_completed",
+        ]
+
+    await throughout(unchanged, seconds=2.5, what="the completed request staying completed")
 
 
 def command_environment() -> dict[str, str]:
@@ -197,18 +202,20 @@ def test_the_expire_command_leaves_requests_not_yet_due(execution_id):
     assert request_status(str(request.id)) == "pending"
 
 
-def test_a_server_with_the_scheduler_off_leaves_overdue_requests_pending(tmp_path, api_key, execution_id):
-    request_id = create_overdue(execution_id)
+async def test_a_server_with_the_scheduler_off_leaves_overdue_requests_pending(
+    tmp_path, api_key, execution_id
+):
+    request_id = await database_sync_to_async(create_overdue)(execution_id)
     with running_server(tmp_path, HUMANINPUT_EXPIRY_INTERVAL_SECONDS="0") as server:
-        with httpx.Client(
+        async with httpx.AsyncClient(
             base_url=server.http_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=DEADLINE
         ) as client:
+
+            async def still_pending() -> bool:
+                detail = await client.get(f"{REQUESTS}/{request_id}")
+                return detail.status_code == 200 and detail.json()["status"] == "pending"
+
             # Asserting an absence: for longer than two default scheduler rounds,
             # while the server serves requests, the overdue request stays pending.
-            end = time.monotonic() + 2.5
-            while time.monotonic() < end:
-                detail = client.get(f"{REQUESTS}/{request_id}")
-                assert detail.status_code == 200
-                assert detail.json()["status"] == "pending"
-                time.sleep(0.1)  # pacing the requests of an absence check
-    assert logged_types(request_id) == ["human_input_required"]
+            await throughout(still_pending, seconds=2.5, what="the overdue request staying pending")
+    assert await database_sync_to_async(logged_types)(request_id) == ["human_input_required"]

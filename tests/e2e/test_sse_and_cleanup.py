@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import time
 from datetime import datetime
 
 import pytest
@@ -13,6 +11,7 @@ import redis.asyncio as aioredis
 
 from events_app.events import format_timestamp, group_name
 
+from ..conftest import eventually
 from .conftest import catch_up_interval, running_server, sse_connect, ws_connect
 
 # Membership of a group held by another process is visible only in Redis, so
@@ -38,15 +37,14 @@ def group_key(execution_id: str) -> str:
     return f"asgi:group:{group_name(execution_id)}"
 
 
-async def wait_for_members(
-    client: aioredis.Redis, execution_id: str, expected: int, deadline: float = 10
-) -> int:
-    end = time.monotonic() + deadline
-    while True:
-        members = await client.zcard(group_key(execution_id))
-        if members == expected or time.monotonic() > end:
-            return members
-        await asyncio.sleep(0.05)  # polling Redis state with a deadline
+async def wait_for_members(client: aioredis.Redis, execution_id: str, expected: int) -> int:
+    """Membership is held in Redis by the daphne process: re-read it until it is ``expected``."""
+    return await eventually(
+        lambda: client.zcard(group_key(execution_id)),
+        accept=lambda members: members == expected,
+        deadline=10,
+        what=f"{expected} member(s) in the group",
+    )
 
 
 async def test_vanished_clients_give_their_group_membership_back(tmp_path, api_key, execution_id):
