@@ -286,3 +286,23 @@ async def poll(
         return await client.get(
             f"{server.http_url}/poll/human-input/{execution_id}{query(**params)}", headers=headers
         )
+
+
+async def run_example(
+    server: DaphneServer, api_key: str, script: str, *args: str, deadline: float = 120
+) -> str:
+    """Run ``examples/<script>`` against ``server`` with the API key; its output (exit 0 asserted)."""
+    env = {**os.environ, "HUMANINPUT_URL": server.http_url, "HUMANINPUT_TOKEN": api_key}
+    env.pop("EXAMPLE_LLM", None)  # the examples' default, scripted model
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "examples" / script),
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), deadline)
+    text = output.decode()
+    assert process.returncode == 0, text
+    return text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 
@@ -22,7 +21,7 @@ from events_app.client import (
     RequestExpired,
 )
 
-from .conftest import ROOT, catch_up_interval, running_server, ws_connect, ws_recv
+from .conftest import catch_up_interval, run_example, running_server, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -213,19 +212,7 @@ async def test_websockets_library_is_what_the_client_uses():
 
 
 async def test_the_example_script_asks_and_gets_its_own_answer(server, api_key, execution_id):
-    env = {**os.environ, "HUMANINPUT_URL": server.http_url, "HUMANINPUT_TOKEN": api_key}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "examples" / "ask_human.py"),
-        "--auto-answer",
-        "--execution-id",
-        execution_id,
-        "--timeout",
-        "30",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    output = await run_example(
+        server, api_key, "ask_human.py", "--auto-answer", "--execution-id", execution_id, "--timeout", "30"
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, output.decode()
-    assert "[agent] the human said: 'Yes, go ahead'" in output.decode()
+    assert "[agent] the human said: 'Yes, go ahead'" in output

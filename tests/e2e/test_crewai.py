@@ -32,7 +32,7 @@ from events_app.integrations.crewai import (
 )
 from events_app.integrations.crewai_testing import ScriptedLLM
 
-from .conftest import DEADLINE, ROOT, SSEStream, bearer, poll, ws_connect, ws_recv
+from .conftest import DEADLINE, SSEStream, bearer, poll, run_example, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -178,24 +178,13 @@ def test_the_core_service_never_imports_crewai():
 
 
 async def test_the_crewai_example_runs_against_the_server(server, api_key, execution_id):
-    env = {**os.environ, "HUMANINPUT_URL": server.http_url, "HUMANINPUT_TOKEN": api_key}
-    env.pop("EXAMPLE_LLM", None)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "examples" / "crewai_human_in_the_loop.py"),
-        "--auto-answer",
-        "--execution-id",
-        execution_id,
-        "--timeout",
-        "60",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    output = await run_example(
+        server,
+        api_key,
+        "crewai_human_in_the_loop.py",
+        *("--auto-answer", "--execution-id", execution_id, "--timeout", "60"),
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    text = output.decode()
-    assert process.returncode == 0, text
-    assert "[crew] final output: Release 1.2 makes sync 40% faster and fixes a security issue" in text
+    assert "[crew] final output: Release 1.2 makes sync 40% faster and fixes a security issue" in output
 
 
 async def answer_pending_of_crew(server, api_key, crew_id: str, answer: str) -> dict:
