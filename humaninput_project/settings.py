@@ -119,22 +119,36 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channel layer --------------------------------------------------------
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# Which channels_redis layer carries the doorbells: "core" (RedisChannelLayer,
+# lists per channel) or "pubsub" (RedisPubSubChannelLayer, one PUBLISH per
+# group_send). docs/deployment.md has the measurements behind the default.
+REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core")
+REDIS_CHANNEL_LAYER_BACKENDS = {
+    "core": "channels_redis.core.RedisChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+}
+if REDIS_CHANNEL_LAYER not in REDIS_CHANNEL_LAYER_BACKENDS:
+    raise ImproperlyConfigured(
+        f"REDIS_CHANNEL_LAYER must be one of {sorted(REDIS_CHANNEL_LAYER_BACKENDS)}, "
+        f"got {REDIS_CHANNEL_LAYER!r}"
+    )
 if REDIS_URL:
+    # Several comma-separated URLs shard channels and groups over several
+    # Redis servers. redis-py 8 reads with a 5 s socket timeout by default,
+    # which aborts channels_redis' blocking 5 s BZPOPMIN: give reads more
+    # time than that (and still fail on a dead server).
+    _redis_hosts = [
+        {"address": url, "socket_timeout": 15, "socket_connect_timeout": 3}
+        for url in env_list("REDIS_URL", "")
+    ]
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # Several comma-separated URLs shard channels over several Redis
-                # servers. redis-py 8 reads with a 5 s socket timeout by default,
-                # which aborts channels_redis' blocking 5 s BZPOPMIN: give reads
-                # more time than that (and still fail on a dead server).
-                "hosts": [
-                    {"address": url, "socket_timeout": 15, "socket_connect_timeout": 3}
-                    for url in env_list("REDIS_URL", "")
-                ],
-                "capacity": 1000,
-                "expiry": 60,
-            },
+            "BACKEND": REDIS_CHANNEL_LAYER_BACKENDS[REDIS_CHANNEL_LAYER],
+            "CONFIG": (
+                {"hosts": _redis_hosts, "capacity": 1000, "expiry": 60}
+                if REDIS_CHANNEL_LAYER == "core"
+                else {"hosts": _redis_hosts}
+            ),
         }
     }
 else:
