@@ -37,7 +37,7 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 test-embedded: $(VENV)/.installed-dev chromium
-	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -X dev -m pytest $(PYTEST_ARGS)
+	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -X dev -m pytest -m "not services" $(PYTEST_ARGS)
 
 test-postgres: $(VENV)/.installed-dev chromium
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -X dev -m pytest $(PYTEST_ARGS)

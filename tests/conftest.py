@@ -37,6 +37,12 @@ def uses_redis() -> bool:
     return bool(getattr(settings, "REDIS_URL", ""))
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``services`` test run without PostgreSQL + Redis is a configuration error, not a skip."""
+    if item.get_closest_marker("services") and not (uses_postgres() and uses_redis()):
+        pytest.fail("needs DATABASE_URL (PostgreSQL) and REDIS_URL; run it with `make test-postgres`")
+
+
 @pytest.fixture
 def own_channel_layer(monkeypatch):
     """A channel layer instance for this test alone.
