@@ -65,9 +65,13 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
+def matches_secret(token: str, secret: str) -> bool:
+    """``token == secret`` in constant time; an empty secret matches nothing."""
+    return bool(secret) and hmac.compare_digest(_digest(token), _digest(secret))
+
+
 def _is_api_key(token: str) -> bool:
-    key = humaninput_settings.API_KEY
-    return bool(key) and hmac.compare_digest(_digest(token), _digest(key))
+    return matches_secret(token, humaninput_settings.API_KEY)
 
 
 def anonymous_allowed() -> bool:

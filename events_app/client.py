@@ -13,6 +13,13 @@ from the last event it yielded, so its consumer sees every event of the
 execution once, in order, across server restarts. It prefers WebSocket and
 falls back to Server-Sent Events, then long polling, when a transport cannot
 connect (a proxy that blocks WebSocket upgrades, say).
+
+Several servers of one deployment (processes or hosts sharing PostgreSQL and
+Redis) can be given as a list of URLs: when one cannot be reached the client
+moves to the next, for REST calls as for subscriptions, and a subscription
+resumes there from its last event::
+
+    client = HumanInputClient(["http://host-a:8000", "http://host-b:8000"], token="...")
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -124,9 +131,13 @@ def _json_or_text(response: httpx.Response) -> Any:
 
 @dataclass
 class HumanInputClient:
-    """A connection profile for one humaninput server. Cheap to create; holds no sockets."""
+    """A connection profile for one humaninput deployment. Cheap to create; holds no sockets.
 
-    base_url: str
+    ``base_url`` is one server's URL or a list of equivalent servers' URLs,
+    tried in turn when the current one cannot be reached.
+    """
+
+    base_url: str | Sequence[str]
     token: str | None = None
     timeout: float = 10.0
     transports: tuple[str, ...] = TRANSPORTS
@@ -135,17 +146,33 @@ class HumanInputClient:
     poll_wait: float = 25.0
     _http_headers: dict[str, str] = field(init=False, repr=False)
 
+    _servers: list[str] = field(init=False, repr=False)
+    _current: int = field(init=False, repr=False, default=0)
+
     def __post_init__(self) -> None:
-        self.base_url = self.base_url.rstrip("/")
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+        if not urls or not all(isinstance(url, str) and url for url in urls):
+            raise ValueError("base_url must be a URL or a non-empty list of URLs")
+        self._servers = [url.rstrip("/") for url in urls]
         unknown = set(self.transports) - set(TRANSPORTS)
         if unknown or not self.transports:
             raise ValueError(f"transports must be a non-empty subset of {TRANSPORTS}")
         self._http_headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
-    # --- REST ------------------------------------------------------------------
+    # --- servers ---------------------------------------------------------------
+
+    @property
+    def server_url(self) -> str:
+        """The server in use: the first of ``base_url`` until it cannot be reached."""
+        return self._servers[self._current]
+
+    def _next_server(self) -> None:
+        self._current = (self._current + 1) % len(self._servers)
 
     def _url(self, path: str) -> str:
-        return f"{self.base_url}{path}"
+        return f"{self.server_url}{path}"
+
+    # --- REST ------------------------------------------------------------------
 
     @staticmethod
     def _checked(response: httpx.Response) -> Any:
@@ -154,13 +181,31 @@ class HumanInputClient:
             raise _error_for(response.status_code, body, response.headers)
         return body
 
+    # Only a request that never reached a server moves on to the next one: a
+    # POST that timed out after sending may have been applied, so it is raised.
+    _UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         with httpx.Client(timeout=self.timeout, headers=self._http_headers) as http:
-            return self._checked(http.request(method, self._url(path), json=body))
+            for attempt in range(len(self._servers)):
+                try:
+                    return self._checked(http.request(method, self._url(path), json=body))
+                except self._UNREACHABLE:
+                    if attempt == len(self._servers) - 1:
+                        raise
+                    self._next_server()
+        raise AssertionError("unreachable")
 
     async def _arequest(self, method: str, path: str, body: Any = None) -> Any:
         async with httpx.AsyncClient(timeout=self.timeout, headers=self._http_headers) as http:
-            return self._checked(await http.request(method, self._url(path), json=body))
+            for attempt in range(len(self._servers)):
+                try:
+                    return self._checked(await http.request(method, self._url(path), json=body))
+                except self._UNREACHABLE:
+                    if attempt == len(self._servers) - 1:
+                        raise
+                    self._next_server()
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _create_body(execution_id: str, prompt: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -274,10 +319,14 @@ class HumanInputClient:
         Reconnects with exponential backoff (with jitter) and resumes from the
         last event yielded; events are yielded once each, in ``sequence``
         order. Authentication and validation errors are raised, not retried.
+        A server no transport can reach is left for the next one at once;
+        the backoff applies once every server has been tried.
         """
         cursor, last_sequence = last_event_id, 0
         delay = self.reconnect_initial_delay
+        unreachable = 0  # servers in a row that no transport could reach
         while True:
+            reached = False
             for transport in self.transports:
                 stream = self._open(transport, execution_id, cursor)
                 try:
@@ -296,7 +345,16 @@ class HumanInputClient:
                     pass
                 finally:
                     await stream.aclose()
+                reached = True
                 break  # connected, then lost: start again from the preferred transport
+            if reached:
+                unreachable = 0
+            else:
+                unreachable += 1
+                self._next_server()
+                if unreachable < len(self._servers):
+                    continue
+                unreachable = 0
             await asyncio.sleep(delay * (1 + random.random() / 2))
             delay = min(delay * 2, self.reconnect_max_delay)
 
@@ -315,7 +373,8 @@ class HumanInputClient:
         return f"{prefix}{quote(execution_id, safe=':')}"
 
     async def _ws_events(self, execution_id: str, cursor: str | None) -> AsyncIterator[dict[str, Any]]:
-        ws_base = "ws" + self.base_url[len("http") :] if self.base_url.startswith("http") else self.base_url
+        server = self.server_url
+        ws_base = "ws" + server[len("http") :] if server.startswith("http") else server
         url = (
             ws_base
             + self._path("/ws/human-input/", execution_id)

@@ -33,6 +33,8 @@ class Option:
 OPTIONS: dict[str, Option] = {
     # Full-access key; empty means "no key configured".
     "API_KEY": Option("", str),
+    # A bearer token that may read /metrics and nothing else (for Prometheus).
+    "METRICS_TOKEN": Option("", str),
     # With no API key and DEBUG off, start only if this is true.
     "ALLOW_ANONYMOUS": Option(False, bool),
     # How often every subscriber re-reads the log from its cursor, so a lost

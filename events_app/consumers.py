@@ -1,9 +1,13 @@
 """The WebSocket transport: ``/ws/human-input/<execution_id>``.
 
-A thin adapter: ``auth`` decides who may connect, ``log`` supplies the events
-after the client's cursor, ``services`` records answers. Group messages are
-doorbells handed to a ``LogFollower``; a background task re-reads the log
-every ``HUMANINPUT_CATCHUP_SECONDS`` for doorbells the layer dropped.
+A thin adapter: ``auth`` decides who may connect, an ``ExecutionSubscription``
+(the same one SSE and long polls use) follows the log from the client's
+cursor, ``services`` records answers.
+
+The consumer has no channel-layer channel of its own: channels ends a
+consumer whose layer ``receive`` fails, so a Redis outage would drop every
+WebSocket. The subscription instead keeps delivering by catch-up reads every
+``HUMANINPUT_CATCHUP_SECONDS`` and rejoins the group when the layer is back.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from . import services
 from .auth import READ, RESPOND, Principal, authenticate, authorize
 from .conf import humaninput_settings
-from .events import group_name
 from .exceptions import (
     HumanInputError,
     InvalidJson,
@@ -28,9 +31,14 @@ from .exceptions import (
     InvalidParameter,
     UnknownMessageType,
 )
-from .log import LogFollower, Payload, aresolve_cursor, parse_cursor, validate_execution_id
+from .log import Payload, aresolve_cursor, parse_cursor, validate_execution_id
+from .subscription import ExecutionSubscription
 
 logger = logging.getLogger(__name__)
+
+# A layer alias that is never configured: channels then gives the consumer no
+# channel and no layer receive loop (see the module docstring).
+NO_CHANNEL_LAYER = "humaninput.no-layer"
 
 
 def _query_params(scope: dict[str, Any]) -> dict[str, str]:
@@ -41,14 +49,14 @@ def _query_params(scope: dict[str, Any]) -> dict[str, str]:
 class HumanInputEventConsumer(AsyncWebsocketConsumer):
     """One client following one execution's events, and possibly answering them."""
 
+    channel_layer_alias = NO_CHANNEL_LAYER
     principal: Principal
     execution_id: str
-    follower: LogFollower | None = None
-    catch_up_task: asyncio.Task[None] | None = None
-    joined_group: str | None = None
+    subscription: ExecutionSubscription | None = None
+    follow_task: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
-        """Called on the handshake: accept, then check and close with 44xx, or replay."""
+        """Called on the handshake: accept, then check and close with 44xx, or replay and follow."""
         await self.accept()
         try:
             query = _query_params(self.scope)
@@ -60,54 +68,39 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
             await self.close(code=error.ws_close_code)
             return
         after = await aresolve_cursor(execution_id=self.execution_id, cursor=cursor)
-        self.follower = LogFollower(execution_id=self.execution_id, after_sequence=after)
-        # Join before the first read: an event committed in between is then
+        subscription = ExecutionSubscription(
+            execution_id=self.execution_id, after_sequence=after, transport="ws"
+        )
+        # Joined before the first read: an event committed in between is then
         # either in the read or rung afterwards (and deduplicated by sequence).
-        await self._join_group()
-        await self._send_events(await self.follower.catch_up())
-        self.catch_up_task = asyncio.create_task(self._catch_up_forever())
+        await subscription.__aenter__()
+        self.subscription = subscription
+        await self._send_events(await subscription.read_log())
+        self.follow_task = asyncio.create_task(self._follow(subscription))
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, for whatever reason: give everything back."""
-        if self.catch_up_task is not None:
-            self.catch_up_task.cancel()
-            self.catch_up_task = None
-        if self.joined_group is not None:
-            try:
-                await self.channel_layer.group_discard(self.joined_group, self.channel_name)
-            except Exception:
-                logger.warning("could not leave group %s", self.joined_group, exc_info=True)
-            self.joined_group = None
+        task, self.follow_task = self.follow_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5.0)
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            await subscription.__aexit__(None, None, None)
 
-    async def _join_group(self) -> None:
-        group = group_name(self.execution_id)
-        try:
-            await self.channel_layer.group_add(group, self.channel_name)
-        except Exception:
-            logger.warning("channel layer unavailable; catch-up reads only", exc_info=True)
-            return
-        self.joined_group = group
-
-    async def _catch_up_forever(self) -> None:
-        while self.follower is not None:
-            await asyncio.sleep(humaninput_settings.CATCHUP_SECONDS)
+    async def _follow(self, subscription: ExecutionSubscription) -> None:
+        """Send what the subscription brings until the connection ends."""
+        while True:
             try:
-                if self.joined_group is None:
-                    await self._join_group()
-                await self._send_events(await self.follower.catch_up())
+                events = await subscription.next_events(max_wait=3600)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("catch-up read failed for %s", self.execution_id)
-
-    async def humaninput_event(self, message: dict[str, Any]) -> None:
-        """Called for each doorbell of this execution's group."""
-        if self.follower is None:
-            return
-        events = await self.follower.on_doorbell(
-            sequence=int(message.get("sequence", 0)), payload=message.get("event")
-        )
-        await self._send_events(events)
+                # The database is unreachable; the next catch-up retries.
+                logger.exception("reading the log failed for %s", self.execution_id)
+                await asyncio.sleep(humaninput_settings.CATCHUP_SECONDS)
+                continue
+            await self._send_events(events)
 
     async def _send_events(self, events: list[Payload]) -> None:
         for payload in events:
@@ -115,7 +108,7 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called for each client frame: ``ping`` or ``respond``; anything else gets an error frame."""
-        if self.follower is None:
+        if self.subscription is None:
             return
         try:
             await self._handle(text_data, bytes_data)

@@ -72,6 +72,14 @@ def build_payload(
     return payload
 
 
-def doorbell_message(payload: dict[str, Any]) -> dict[str, Any]:
-    """The channel-layer message announcing one stored event to its group."""
-    return {"type": "humaninput.event", "sequence": payload["sequence"], "event": payload}
+def doorbell_message(payload: dict[str, Any], *, published_at: float) -> dict[str, Any]:
+    """The channel-layer message announcing one stored event to its group.
+
+    ``published_at`` (epoch seconds) lets subscribers measure publish-to-deliver latency.
+    """
+    return {
+        "type": "humaninput.event",
+        "sequence": payload["sequence"],
+        "event": payload,
+        "published_at": published_at,
+    }

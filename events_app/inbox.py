@@ -25,6 +25,7 @@ from .events import INBOX_GROUP, format_timestamp
 from .exceptions import HumanInputError, PermissionDenied
 from .http import error_response
 from .log import validate_execution_id
+from .metrics import SUBSCRIBERS
 from .models import HumanInputRequest, RequestStatus
 from .sse import event_stream_response, format_data, format_heartbeat
 from .subscription import GroupListener
@@ -73,6 +74,7 @@ async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     yield f"retry: {humaninput_settings.SSE_RETRY_MILLISECONDS}\n\n"
     listener = GroupListener(INBOX_GROUP)
+    SUBSCRIBERS.labels("inbox").inc()
     try:
         await listener.join()
         snapshot = await apending_requests(execution_id=execution_id)
@@ -101,6 +103,7 @@ async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
                 yield format_heartbeat()
                 quiet_since = loop.time()
     finally:
+        SUBSCRIBERS.labels("inbox").dec()
         await listener.leave()
 
 

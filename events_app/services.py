@@ -4,10 +4,15 @@ Each function is one transaction that changes a request and appends its
 event to the log; the ``post_save`` receiver in ``signals`` announces the
 event after commit. Functions take keyword-only arguments, return model
 objects and raise the domain errors of ``exceptions``.
+
+Every state change is logged once it has committed (one record with the
+execution, request, event, sequence, status and who), and counted in
+``humaninput_events_written_total``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -21,6 +26,7 @@ from .conf import humaninput_settings
 from .events import build_payload
 from .exceptions import AlreadyAnswered, AlreadyResolved, InvalidParameter, NotFound
 from .log import validate_execution_id
+from .metrics import EVENTS_WRITTEN
 from .models import (
     EventType,
     ExecutionSequence,
@@ -60,7 +66,7 @@ def _append_event(*, request: HumanInputRequest, event_type: str, now: datetime)
     payload = build_payload(
         event_type=event_type, request=request, event_id=event_id, sequence=sequence, timestamp=now
     )
-    return HumanInputEvent.objects.using(using).create(
+    event = HumanInputEvent.objects.using(using).create(
         event_id=event_id,
         execution_id=request.execution_id,
         sequence=sequence,
@@ -69,6 +75,23 @@ def _append_event(*, request: HumanInputRequest, event_type: str, now: datetime)
         request=request,
         created_at=now,
     )
+    change = {
+        "execution_id": request.execution_id,
+        "request_id": str(request.id),
+        "event_id": str(event_id),
+        "sequence": sequence,
+        "event_type": event_type,
+        "status": request.status,
+        "responded_by": request.responded_by,
+    }
+    transaction.on_commit(functools.partial(_record_state_change, change), using=using)
+    return event
+
+
+def _record_state_change(change: dict[str, Any]) -> None:
+    """Called once the change has committed: one log record and one count per event."""
+    EVENTS_WRITTEN.labels(change["event_type"]).inc()
+    logger.info("request %s: %s", change["status"], change["event_type"], extra=change)
 
 
 def validate_text(value: Any, *, field: str) -> str:
@@ -141,10 +164,6 @@ def request_create(
             expires_at=now + timedelta(seconds=timeout_seconds) if timeout_seconds else None,
         )
         request.required_event = _append_event(request=request, event_type=EventType.REQUIRED, now=now)
-    logger.info(
-        "request created",
-        extra={"request_id": str(request.id), "execution_id": execution_id},
-    )
     return request
 
 
@@ -200,11 +219,6 @@ def _resolve(
             )
     if conflict is not None:
         raise conflict
-    logger.info(
-        "request %s",
-        status,
-        extra={"request_id": str(request.id), "execution_id": request.execution_id, "by": responded_by},
-    )
     return request
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections import Counter
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -22,18 +21,10 @@ from django.dispatch import receiver
 
 from .conf import humaninput_settings
 from .events import INBOX_GROUP, doorbell_message, group_name
+from .metrics import EVENTS_PUBLISHED, PUBLISH_FAILURES
 from .models import HumanInputEvent
 
 logger = logging.getLogger(__name__)
-
-# Process-wide publish counters ("published", "failed"); read by health/metrics.
-publish_stats: Counter[str] = Counter()
-_stats_lock = threading.Lock()
-
-
-def _count(outcome: str) -> None:
-    with _stats_lock:
-        publish_stats[outcome] += 1
 
 
 async def _group_send(groups: list[str], message: dict[str, Any]) -> None:
@@ -48,15 +39,21 @@ def publish_event(payload: dict[str, Any]) -> None:
     """Ring the doorbells of ``payload``'s execution and of the inbox; never raises."""
     groups = [group_name(payload["execution_id"]), INBOX_GROUP]
     try:
-        async_to_sync(_group_send)(groups, doorbell_message(payload))
-    except Exception:
-        _count("failed")
-        logger.exception(
-            "publish failed; subscribers will read the event on catch-up",
-            extra={"execution_id": payload["execution_id"], "sequence": payload["sequence"]},
+        async_to_sync(_group_send)(groups, doorbell_message(payload, published_at=time.time()))
+    except Exception as error:
+        PUBLISH_FAILURES.inc()
+        logger.error(
+            "publish failed; subscribers will read the event on catch-up: %r",
+            error,
+            extra={
+                "execution_id": payload["execution_id"],
+                "sequence": payload["sequence"],
+                "event_id": payload["event_id"],
+                "error": type(error).__name__,
+            },
         )
     else:
-        _count("published")
+        EVENTS_PUBLISHED.inc()
 
 
 @receiver(post_save, sender=HumanInputEvent, dispatch_uid="humaninput_publish_event")

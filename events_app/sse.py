@@ -53,7 +53,7 @@ async def _stream(execution_id: str, after_sequence: int) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     yield f"retry: {humaninput_settings.SSE_RETRY_MILLISECONDS}\n\n"
     async with ExecutionSubscription(
-        execution_id=execution_id, after_sequence=after_sequence
+        execution_id=execution_id, after_sequence=after_sequence, transport="sse"
     ) as subscription:
         for payload in await subscription.read_log():
             yield format_event(payload)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +24,7 @@ from channels.layers import get_channel_layer
 from .conf import humaninput_settings
 from .events import group_name
 from .log import LogFollower, Payload
+from .metrics import CATCHUP_READS, EVENTS_DELIVERED, PUBLISH_DELIVER_SECONDS, SUBSCRIBERS
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ class GroupListener:
             # cancelled right here) must still give the membership back.
             self._memberships.append(channel)
             await self.layer.group_add(self.group, channel)
-        except Exception:
-            logger.warning("channel layer unavailable; %s by catch-up reads only", self.group, exc_info=True)
+        except Exception as error:
+            # One line, no traceback: in an outage every subscriber says this.
+            logger.warning("channel layer unavailable; %s by catch-up reads only: %r", self.group, error)
             return False
         except BaseException:
             await self.leave()
@@ -76,8 +79,8 @@ class GroupListener:
                 self.messages.put_nowait(await self.layer.receive(channel))
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.warning("lost the channel layer; falling back to catch-up reads", exc_info=True)
+        except Exception as error:
+            logger.warning("lost the channel layer; %s by catch-up reads: %r", self.group, error)
             if self.channel == channel:
                 self.channel = None  # the next join() uses a new channel
 
@@ -94,8 +97,8 @@ class GroupListener:
         for channel in memberships:
             try:
                 await asyncio.shield(self.layer.group_discard(self.group, channel))
-            except Exception:
-                logger.warning("could not leave group %s", self.group, exc_info=True)
+            except Exception as error:
+                logger.warning("could not leave group %s: %r", self.group, error)
         receiver, self._receiver = self._receiver, None
         if receiver is not None:
             receiver.cancel()
@@ -110,9 +113,16 @@ class GroupListener:
 
 
 class ExecutionSubscription:
-    """Use as ``async with``; leaving it always gives the group membership back."""
+    """Use as ``async with``; leaving it always gives the group membership back.
 
-    def __init__(self, *, execution_id: str, after_sequence: int, max_read: int | None = None) -> None:
+    ``transport`` ("ws", "sse", "poll") labels this subscriber's metrics:
+    the connected-subscribers gauge, events delivered by doorbell or by log
+    read, catch-up reads, and publish-to-deliver latency.
+    """
+
+    def __init__(
+        self, *, execution_id: str, after_sequence: int, transport: str, max_read: int | None = None
+    ) -> None:
         self.execution_id = execution_id
         self.follower = LogFollower(
             execution_id=execution_id, after_sequence=after_sequence, max_read=max_read
@@ -120,13 +130,22 @@ class ExecutionSubscription:
         self.listener = GroupListener(group_name(execution_id))
         self._loop = asyncio.get_running_loop()
         self._next_catch_up = 0.0
+        self._subscribers = SUBSCRIBERS.labels(transport)
+        self._by_doorbell = EVENTS_DELIVERED.labels(transport, "doorbell")
+        self._by_log = EVENTS_DELIVERED.labels(transport, "log")
+        self._latency = PUBLISH_DELIVER_SECONDS.labels(transport)
 
     @property
     def group(self) -> str:
         return self.listener.group
 
     async def __aenter__(self) -> ExecutionSubscription:
-        await self.listener.join()
+        self._subscribers.inc()
+        try:
+            await self.listener.join()
+        except BaseException:
+            self._subscribers.dec()  # join() already gave back what it took
+            raise
         return self
 
     async def __aexit__(
@@ -135,12 +154,17 @@ class ExecutionSubscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.listener.leave()
+        try:
+            await self.listener.leave()
+        finally:
+            self._subscribers.dec()
 
     async def read_log(self) -> list[Payload]:
         """Everything past the cursor, now; resets the catch-up timer."""
         self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
-        return await self.follower.catch_up()
+        events = await self.follower.catch_up()
+        self._by_log.inc(len(events))
+        return events
 
     async def next_events(self, max_wait: float) -> list[Payload]:
         """New events, waiting at most ``max_wait`` seconds; ``[]`` if none came."""
@@ -150,6 +174,7 @@ class ExecutionSubscription:
             if now >= self._next_catch_up:
                 await self.listener.join()  # no-op while joined; rejoins after a layer failure
                 events = await self.read_log()
+                CATCHUP_READS.labels("yes" if events else "no").inc()
                 if events:
                     return events
                 now = self._loop.time()
@@ -157,8 +182,18 @@ class ExecutionSubscription:
                 return []
             message = await self.listener.receive(min(deadline, self._next_catch_up) - now)
             if message is not None:
-                events = await self.follower.on_doorbell(
-                    sequence=int(message.get("sequence", 0)), payload=message.get("event")
-                )
+                events = await self._on_doorbell(message)
                 if events:
                     return events
+
+    async def _on_doorbell(self, message: dict[str, Any]) -> list[Payload]:
+        carried = message.get("event")
+        events = await self.follower.on_doorbell(sequence=int(message.get("sequence", 0)), payload=carried)
+        if events and events[0] is carried:
+            self._by_doorbell.inc()
+            published_at = message.get("published_at")
+            if isinstance(published_at, float):
+                self._latency.observe(max(0.0, time.time() - published_at))
+        else:
+            self._by_log.inc(len(events))  # a gap, read from the log
+        return events

@@ -3,6 +3,7 @@
 from django.urls import include, path, re_path
 
 from .inbox import inbox_page, inbox_stream
+from .metrics import metrics_view
 from .sse import human_input_stream
 
 urlpatterns = [
@@ -10,5 +11,6 @@ urlpatterns = [
     path("inbox/", inbox_page, name="humaninput-inbox"),
     path("inbox/stream", inbox_stream, name="humaninput-inbox-stream"),
     path("inbox/<str:execution_id>/", inbox_page, name="humaninput-inbox-execution"),
+    path("metrics", metrics_view, name="humaninput-metrics"),
     re_path(r"", include("events_app.api.urls")),
 ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 from django.test import override_settings
+from prometheus_client import REGISTRY
 
 from events_app import services, signals
 from events_app.events import group_name
@@ -59,7 +61,9 @@ async def test_committed_event_rings_its_group_with_sequence_and_payload(executi
     request = await create_request(execution_id=execution_id, prompt="Approve?")
     message = await asyncio.wait_for(layer.receive(channel), timeout=5)
     stored = await HumanInputEvent.objects.aget(request=request)
+    published_at = message.pop("published_at")
     assert message == {"type": "humaninput.event", "sequence": 1, "event": stored.payload}
+    assert time.time() - 5 < published_at <= time.time()
 
 
 @committed_writes
@@ -100,11 +104,19 @@ async def test_first_announcement_after_a_rollback_is_the_committed_event(execut
     assert message["sequence"] == 1
 
 
+def publish_counts() -> tuple[float, float]:
+    """(published, failed) as this process's /metrics reports them."""
+    return (
+        REGISTRY.get_sample_value("humaninput_events_published_total") or 0.0,
+        REGISTRY.get_sample_value("humaninput_publish_failures_total") or 0.0,
+    )
+
+
 @committed_writes
 def test_successful_publish_is_counted(execution_id):
-    before = signals.publish_stats["published"]
+    published, failed = publish_counts()
     services.request_create(execution_id=execution_id, prompt="?")
-    assert signals.publish_stats["published"] == before + 1
+    assert publish_counts() == (published + 1, failed)
 
 
 # --- a failing channel layer -------------------------------------------------------
@@ -135,10 +147,9 @@ def test_write_succeeds_when_publishing_fails(execution_id, broken_layer):
 
 @committed_writes
 def test_failed_publish_is_counted(execution_id, broken_layer):
-    before = dict(signals.publish_stats)
+    published, failed = publish_counts()
     services.request_create(execution_id=execution_id, prompt="?")
-    assert signals.publish_stats["failed"] == before.get("failed", 0) + 1
-    assert signals.publish_stats["published"] == before.get("published", 0)
+    assert publish_counts() == (published, failed + 1)
 
 
 @committed_writes
@@ -148,6 +159,7 @@ def test_failed_publish_is_logged_as_an_error(execution_id, broken_layer, app_lo
     assert len(errors) == 1
     assert errors[0].execution_id == execution_id
     assert errors[0].sequence == 1
+    assert errors[0].exc_info is None  # one line per failure, not a traceback per event
 
 
 @committed_writes

@@ -86,7 +86,7 @@ class PollView(APIView):
             events = await aevents_after(execution_id=execution_id, after_sequence=after, limit=limit)
         else:
             async with ExecutionSubscription(
-                execution_id=execution_id, after_sequence=after, max_read=limit
+                execution_id=execution_id, after_sequence=after, transport="poll", max_read=limit
             ) as subscription:
                 events = await subscription.read_log() or await subscription.next_events(wait)
         if events:

@@ -1,0 +1,105 @@
+"""Prometheus metrics of one server process, served at ``/metrics``.
+
+Counters and gauges live in the process that changes them (prometheus_client's
+default registry), so every daphne process is scraped on its own port; the
+pending-request count is read from the database at scrape time and is the
+same on every process. Names follow Prometheus conventions: ``_total`` for
+counters, seconds for durations.
+
+``GET /metrics`` takes the API key, a staff session, or
+``HUMANINPUT_METRICS_TOKEN`` — a token that opens this page and nothing else,
+for the scraper's configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .auth import authenticate_request, bearer_token, matches_secret
+from .conf import humaninput_settings
+from .exceptions import HumanInputError, PermissionDenied
+from .http import error_response
+from .models import HumanInputRequest, RequestStatus
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBERS = Gauge(
+    "humaninput_subscribers",
+    "Connected subscribers of this process (waiting long polls count as poll).",
+    ["transport"],
+)
+EVENTS_WRITTEN = Counter(
+    "humaninput_events_written",
+    "Events committed to the log by this process.",
+    ["type"],
+)
+EVENTS_PUBLISHED = Counter(
+    "humaninput_events_published",
+    "Events whose doorbell this process handed to the channel layer.",
+)
+PUBLISH_FAILURES = Counter(
+    "humaninput_publish_failures",
+    "Doorbells the channel layer refused or timed out on; subscribers get those events on catch-up.",
+)
+CATCHUP_READS = Counter(
+    "humaninput_catchup_reads",
+    "Periodic re-reads of the log by subscribers; found=yes means a doorbell was missed.",
+    ["found"],
+)
+EVENTS_DELIVERED = Counter(
+    "humaninput_events_delivered",
+    "Events handed to a subscriber, by transport and by what brought them (doorbell or log read).",
+    ["transport", "via"],
+)
+PUBLISH_DELIVER_SECONDS = Histogram(
+    "humaninput_publish_deliver_seconds",
+    "From the doorbell's publish to the event being handed to a subscriber's transport.",
+    ["transport"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+TRANSPORTS = ("ws", "sse", "poll", "inbox")
+for _transport in TRANSPORTS:
+    SUBSCRIBERS.labels(_transport)  # exported as 0 before the first connection
+
+
+class PendingRequestsCollector(Collector):
+    """``humaninput_pending_requests``, counted in the database when scraped."""
+
+    NAME = "humaninput_pending_requests"
+    HELP = "Requests waiting for a human (all processes; read from the database)."
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # Declared without a value, so registering never touches the database.
+        yield GaugeMetricFamily(self.NAME, self.HELP)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pending = HumanInputRequest.objects.filter(status=RequestStatus.PENDING).count()
+        except Exception as error:
+            logger.warning("metrics: could not count pending requests: %r", error)
+            return
+        yield GaugeMetricFamily(self.NAME, self.HELP, value=pending)
+
+
+REGISTRY.register(PendingRequestsCollector())
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: this process's metrics in the Prometheus text format."""
+    token = bearer_token(request.headers.get("Authorization"))
+    if not (token and matches_secret(token, humaninput_settings.METRICS_TOKEN)):
+        try:
+            if not authenticate_request(request).is_full_access:
+                raise PermissionDenied("Metrics need the API key, the metrics token or a staff session.")
+        except HumanInputError as error:
+            return error_response(error)
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
