@@ -28,6 +28,24 @@ run: $(VENV)/.installed
 	DJANGO_DEBUG=$${DJANGO_DEBUG-1} $(BIN)/python manage.py migrate --noinput
 	DJANGO_DEBUG=$${DJANGO_DEBUG-1} $(BIN)/daphne -b $(HOST) -p $(PORT) humaninput_project.asgi:application
 
+# Several daphne processes (the Procfile's web, through honcho) on PostgreSQL + Redis, on ports
+# SERVE_PORT, SERVE_PORT+1, ...; creates the database if it is missing. DATABASE_URL/REDIS_URL
+# override the defaults below. DJANGO_DEBUG defaults to 1 as in `run` (see docs/deployment.md).
+SERVE_PROCESSES ?= 2
+SERVE_PORT ?= 8001
+.PHONY: serve
+serve: $(VENV)/.installed-serve
+	export DATABASE_URL="$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/humaninput}" \
+		REDIS_URL="$${REDIS_URL:-redis://127.0.0.1:6379/1}" DJANGO_DEBUG="$${DJANGO_DEBUG-1}" && \
+	$(BIN)/python deploy/create_database.py && \
+	$(BIN)/python manage.py migrate --noinput && \
+	PATH="$(abspath $(BIN)):$$PATH" HOST=$(HOST) \
+		exec $(BIN)/honcho start -f Procfile -c web=$(SERVE_PROCESSES) -p $(SERVE_PORT)
+
+$(VENV)/.installed-serve: requirements.txt requirements-serve.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-serve.txt
+	touch $(VENV)/.installed $@
+
 # Every test, on the embedded default and on PostgreSQL + Redis.
 test: lint test-embedded test-postgres
 
