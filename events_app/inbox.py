@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -24,7 +23,7 @@ from .conf import humaninput_settings
 from .events import INBOX_GROUP, format_timestamp
 from .exceptions import HumanInputError, PermissionDenied
 from .http import error_response
-from .log import validate_execution_id
+from .log import async_reader, validate_execution_id
 from .metrics import SUBSCRIBERS
 from .models import HumanInputRequest, RequestStatus
 from .sse import event_stream_response, format_data, format_heartbeat
@@ -55,7 +54,7 @@ def pending_requests(*, execution_id: str | None = None) -> list[dict[str, Any]]
     ]
 
 
-apending_requests = database_sync_to_async(pending_requests)
+apending_requests = async_reader(pending_requests)
 
 
 @staff_member_required

@@ -68,9 +68,19 @@ def resolve_cursor(*, execution_id: str, cursor: uuid.UUID | None) -> int:
     return found.values_list("sequence", flat=True).first() or 0
 
 
-# From async code the reads run in channels' database thread, which also
-# closes connections past CONN_MAX_AGE the way a sync request would.
-aresolve_cursor = database_sync_to_async(resolve_cursor)
+def async_reader(function: Any) -> Any:
+    """``function`` for async callers, run in the event loop's shared thread pool.
+
+    Not thread-sensitive on purpose: Django gives each ASGI request its own
+    thread-sensitive executor, so a thread-sensitive read would pin one idle
+    thread to every SSE stream and long poll for as long as it stays open.
+    The shared pool bounds both threads and database connections, and
+    channels' wrapper closes each connection past ``CONN_MAX_AGE`` after use.
+    """
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
+aresolve_cursor = async_reader(resolve_cursor)
 
 
 def events_after(*, execution_id: str, after_sequence: int, limit: int | None = None) -> list[Payload]:
@@ -83,7 +93,7 @@ def events_after(*, execution_id: str, after_sequence: int, limit: int | None = 
     return list(query[:limit] if limit is not None else query)
 
 
-aevents_after = database_sync_to_async(events_after)
+aevents_after = async_reader(events_after)
 
 
 class LogFollower:

@@ -26,7 +26,7 @@ from .auth import authenticate_request, bearer_token, matches_secret
 from .conf import humaninput_settings
 from .exceptions import HumanInputError, PermissionDenied
 from .http import error_response
-from .models import HumanInputRequest, RequestStatus
+from .models import EventType, HumanInputRequest, RequestStatus
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,17 @@ PUBLISH_DELIVER_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
-TRANSPORTS = ("ws", "sse", "poll", "inbox")
-for _transport in TRANSPORTS:
-    SUBSCRIBERS.labels(_transport)  # exported as 0 before the first connection
+# Every label value exported from the start (as 0), so rates and alerts see the series.
+for _type in EventType.values:
+    EVENTS_WRITTEN.labels(_type)
+for _found in ("yes", "no"):
+    CATCHUP_READS.labels(_found)
+for _transport in ("ws", "sse", "poll", "inbox"):
+    SUBSCRIBERS.labels(_transport)
+for _transport in ("ws", "sse", "poll"):
+    PUBLISH_DELIVER_SECONDS.labels(_transport)
+    for _via in ("doorbell", "log"):
+        EVENTS_DELIVERED.labels(_transport, _via)
 
 
 class PendingRequestsCollector(Collector):

@@ -2,11 +2,13 @@
 
 Static files (the API docs' assets) are served by Django's async
 ``ASGIStaticFilesHandler``; put a web server in front for heavy static use.
+Django's handler is the app's ``HumanInputASGIHandler``, so open event
+streams and long polls hold no thread each.
 """
 
 import os
 
-from django.core.asgi import get_asgi_application
+from events_app.handlers import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "humaninput_project.settings")
 django_asgi_app = get_asgi_application()

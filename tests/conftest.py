@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 
@@ -41,6 +42,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """A ``services`` test run without PostgreSQL + Redis is a configuration error, not a skip."""
     if item.get_closest_marker("services") and not (uses_postgres() and uses_redis()):
         pytest.fail("needs DATABASE_URL (PostgreSQL) and REDIS_URL; run it with `make test-postgres`")
+
+
+@pytest.fixture
+def app_log(caplog):
+    """``caplog`` that also sees ``events_app`` records, INFO and up (that logger does not propagate)."""
+    logger = logging.getLogger("events_app")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="events_app")
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture

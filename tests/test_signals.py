@@ -43,15 +43,6 @@ async def subscriber(execution_id, own_channel_layer):
     await layer.group_discard(group_name(execution_id), channel)
 
 
-@pytest.fixture
-def app_log(caplog):
-    """``caplog`` that also sees ``events_app`` records (that logger does not propagate)."""
-    logger = logging.getLogger("events_app")
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 create_request = database_sync_to_async(services.request_create)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 
+import httpx
 import pytest
 import websockets
 from channels.db import database_sync_to_async
@@ -145,6 +147,43 @@ async def test_subscriber_resumes_across_a_server_restart_with_nothing_lost_or_r
 
     assert [event["sequence"] for event in received] == list(range(1, 9))
     assert len({event["event_id"] for event in received}) == 8
+
+
+def closed_port_url() -> str:
+    """The URL of a port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("urls", [[], [""], "", ["http://a", None]], ids=["empty", "blank", "no-url", "none"])
+def test_client_needs_at_least_one_url(urls):
+    with pytest.raises(ValueError):
+        HumanInputClient(urls)
+
+
+async def test_rest_calls_move_on_from_a_server_that_cannot_be_reached(server, api_key, execution_id):
+    client = HumanInputClient([closed_port_url(), server.http_url], token=api_key)
+    created = await client.acreate_request(execution_id, "Which server?")
+    assert client.server_url == server.http_url
+    assert (await client.aget_request(created["id"]))["prompt"] == "Which server?"
+    blocking = HumanInputClient([closed_port_url(), server.http_url], token=api_key)
+    assert (await asyncio.to_thread(blocking.get_request, created["id"]))["id"] == created["id"]
+
+
+async def test_rest_call_raises_when_no_server_can_be_reached(execution_id):
+    client = HumanInputClient([closed_port_url(), closed_port_url()], token="t")
+    with pytest.raises(httpx.ConnectError):
+        await client.acreate_request(execution_id, "anyone?")
+
+
+async def test_subscribe_starts_on_the_first_server_that_answers(server, api_key, execution_id):
+    await create(execution_id=execution_id, prompt="found you")
+    client = HumanInputClient([closed_port_url(), server.http_url], token=api_key)
+    received = Received()
+    await asyncio.wait_for(collect(client.subscribe(execution_id), received, stop_after=1), 15)
+    assert received[0]["prompt"] == "found you"
+    assert client.server_url == server.http_url
 
 
 async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
