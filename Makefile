@@ -39,7 +39,7 @@ serve: $(VENV)/.installed-serve
 		REDIS_URL="$${REDIS_URL:-redis://127.0.0.1:6379/1}" DJANGO_DEBUG="$${DJANGO_DEBUG-1}" && \
 	$(BIN)/python deploy/create_database.py && \
 	$(BIN)/python manage.py migrate --noinput && \
-	PATH="$(abspath $(BIN)):$$PATH" HOST=$(HOST) \
+	PATH="$(abspath $(BIN)):$$PATH" HOST=$(HOST) PYTHONUNBUFFERED=1 \
 		exec $(BIN)/honcho start -f Procfile -c web=$(SERVE_PROCESSES) -p $(SERVE_PORT)
 
 $(VENV)/.installed-serve: requirements.txt requirements-serve.txt | $(BIN)/python
