@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,10 @@ def running_nginx(tmp_dir: Path, upstreams: list[str]) -> Iterator[Deployment]:
                 except httpx.ConnectError:  # not listening yet
                     return None
 
-        asyncio.run(eventually(health_through_nginx, accept=lambda status: status == 200, what="nginx up"))
+        # In a thread of its own: asyncio.run() would unset the event loop pytest-asyncio set here.
+        with ThreadPoolExecutor(max_workers=1) as thread:
+            up = eventually(health_through_nginx, accept=lambda status: status == 200, what="nginx up")
+            thread.submit(asyncio.run, up).result()
         yield deployed
     finally:
         process.terminate()
