@@ -5,9 +5,9 @@ thread of that request's own, kept until its response has ended. For a normal
 request that is milliseconds; an SSE stream or a long poll stays open for
 minutes, so each would hold an idle thread (2,000 waiting long polls, 2,000
 threads). On the event-stream and long-poll paths this handler leaves the
-sync work to asgiref's one shared thread instead, as channels does for
-consumers; the log reads of those views run in the loop's thread pool
-(``log.async_reader``), and nothing else of theirs blocks.
+sync work to asgiref's one shared thread instead, where channels runs the
+consumers' database work too (``log.async_reader``); nothing else of those
+views blocks.
 """
 
 from __future__ import annotations

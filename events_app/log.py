@@ -69,15 +69,13 @@ def resolve_cursor(*, execution_id: str, cursor: uuid.UUID | None) -> int:
 
 
 def async_reader(function: Any) -> Any:
-    """``function`` for async callers, run in the event loop's shared thread pool.
+    """``function`` for async callers, in channels' database thread.
 
-    Not thread-sensitive on purpose: Django gives each ASGI request its own
-    thread-sensitive executor, so a thread-sensitive read would pin one idle
-    thread to every SSE stream and long poll for as long as it stays open.
-    The shared pool bounds both threads and database connections, and
-    channels' wrapper closes each connection past ``CONN_MAX_AGE`` after use.
+    channels' wrapper closes each connection past ``CONN_MAX_AGE`` after the
+    call, the way a sync request would. The thread is asgiref's shared one,
+    so an open stream holds no thread of its own (see ``handlers``).
     """
-    return database_sync_to_async(function, thread_sensitive=False)
+    return database_sync_to_async(function)
 
 
 aresolve_cursor = async_reader(resolve_cursor)
