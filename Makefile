@@ -7,7 +7,7 @@ PORT ?= 8000
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_TEST_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-embedded test-postgres lint format clean chromium
+.PHONY: run test test-embedded test-postgres lint format clean chromium nginx
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,12 @@ chromium:
 test-embedded: $(VENV)/.installed-dev chromium
 	env -u DATABASE_URL -u REDIS_URL $(BIN)/python -X dev -m pytest -m "not services" $(PYTEST_ARGS)
 
-test-postgres: $(VENV)/.installed-dev chromium
+# The deployment test runs deploy/nginx.conf in Debian's nginx, with a throwaway openssl certificate.
+nginx:
+	@(command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]) && command -v openssl >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light openssl)
+
+test-postgres: $(VENV)/.installed-dev chromium nginx
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(BIN)/python -X dev -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
