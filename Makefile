@@ -76,3 +76,17 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test-db-*.sqlite3*
+
+# --- benchmarks
+.PHONY: bench bench-smoke
+
+# One daphne process, client load from other processes; embedded, then PostgreSQL + Redis
+# (a database of its own on 127.0.0.1:5432, Redis db 14). Writes bench/results/latest.{json,md}.
+# ARGS=--full runs longer; ARGS="--setup embedded --only latency" picks parts.
+bench: $(VENV)/.installed
+	$(BIN)/python -m bench $(ARGS)
+
+# Every scenario with tiny counts, in seconds: fails only if an event is lost, duplicated or
+# out of order, or a scenario cannot run (no speed is asserted). Redis db 15; cleans up after itself.
+bench-smoke: $(VENV)/.installed
+	$(BIN)/python -m bench --smoke $(ARGS)

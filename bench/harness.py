@@ -1,0 +1,373 @@
+"""The machinery every scenario shares: backends, one daphne, client processes, /proc readings.
+
+- ``backend("embedded" | "postgres", workdir)`` yields the environment of a
+  migrated database: a SQLite file with the in-memory channel layer, or a
+  PostgreSQL database of its own plus a Redis database (both dropped or
+  flushed on the way out, whatever happened).
+- ``ServerProcess`` runs one server (daphne, or the websockets baseline) on a
+  socket this process binds and listens on first (``--fd``), so the server
+  is reachable from the first moment and one request with a deadline is the
+  whole start-up wait. It is pinned to the server CPU.
+- ``Worker`` runs one client role (``roles.py``) in a process of its own,
+  pinned to the client CPUs, driven by ``(kind, data)`` messages over a pipe;
+  every wait has a deadline and every process is killed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import multiprocessing
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+API_KEY = "bench-api-key"
+PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def raise_fd_limit() -> None:
+    """Soft open-files limit up to the hard one: thousands of sockets per process."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_split() -> tuple[set[int] | None, set[int] | None]:
+    """(server CPUs, client CPUs): the first CPU for the server, the rest for clients; None if one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str) -> Any:
+    """Re-check ``condition`` until it is truthy; TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- backends ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    name: str
+    env: dict[str, str]
+    redis_url: str | None = None
+
+
+def run_checked(argv: Sequence[str], env: dict[str, str], timeout: float) -> None:
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stdout}\n{result.stderr}")
+
+
+@contextlib.contextmanager
+def backend(name: str, workdir: Path, redis_db: int) -> Iterator[Backend]:
+    """A migrated database (and Redis for ``postgres``) for one setup; cleaned up on exit."""
+    if name == "embedded":
+        chosen = Backend(name, {"DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}"})
+        run_checked([PYTHON, "manage.py", "migrate", "--noinput"], server_env(chosen), timeout=120)
+        yield chosen
+        return
+    database = f"humaninput_bench_{os.getpid()}"
+    redis_url = f"{REDIS_BASE_URL}/{redis_db}"
+    chosen = Backend(
+        name,
+        {"DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", "REDIS_URL": redis_url},
+        redis_url,
+    )
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{database}"')
+    store = redis.Redis.from_url(redis_url)
+    try:
+        store.flushdb()
+        run_checked([PYTHON, "manage.py", "migrate", "--noinput"], server_env(chosen), timeout=120)
+        yield chosen
+    finally:
+        with contextlib.suppress(Exception):
+            store.flushdb()
+        store.close()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def server_env(chosen: Backend, **overrides: str) -> dict[str, str]:
+    """The environment of daphne (and of Django-setup clients) for ``chosen``: production settings."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HUMANINPUT_", "DJANGO_", "PYTHONDEVMODE"))
+        and key not in {"DATABASE_URL", "REDIS_URL", "REDIS_CHANNEL_LAYER"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="humaninput_project.settings",
+        DJANGO_SECRET_KEY="bench-secret-key-not-for-production",
+        DJANGO_DEBUG="0",
+        HUMANINPUT_API_KEY=API_KEY,
+        HUMANINPUT_THROTTLE_WRITE_RATE="",
+        HUMANINPUT_THROTTLE_TOKEN_RATE="",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(chosen.env)
+    env.update(overrides)
+    return env
+
+
+# --- servers ----------------------------------------------------------------------------------
+
+
+def _pin_and_raise(cpus: set[int] | None) -> Callable[[], None]:
+    def prepare() -> None:
+        raise_fd_limit()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return prepare
+
+
+@dataclass
+class ServerProcess:
+    """One server process on a pre-bound socket: ``argv`` gets ``{fd}`` replaced by its descriptor."""
+
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    cpus: set[int] | None = None
+    ready_path: str | None = "/health"
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        with socket.socket() as listener, open(self.log_path, "ab") as log:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4096)
+            self.port = listener.getsockname()[1]
+            fd = str(listener.fileno())
+            self.process = subprocess.Popen(
+                [part.replace("{fd}", fd) for part in self.argv],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=[listener.fileno()],
+                preexec_fn=_pin_and_raise(self.cpus),
+            )
+        try:
+            if self.ready_path is not None:
+                status = http_get(self.port, self.ready_path, timeout=timeout)[0]
+                if status != 200:
+                    raise RuntimeError(f"{self.ready_path} answered {status}")
+        except Exception as error:
+            self.stop()
+            raise RuntimeError(f"server did not start ({error}):\n{self.log()[-3000:]}") from error
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def status(self) -> dict[str, int]:
+        """VmRSS (KiB) and thread count of the server, from /proc (no psutil)."""
+        fields = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in {"VmRSS", "Threads"}:
+                fields[key] = int(value.split()[0])
+        return {"rss_kib": fields["VmRSS"], "threads": fields["Threads"]}
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server has used so far."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        parts = stat.rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_quiet(self, *, idle: float = 0.5, timeout: float = 60) -> None:
+        """Wait until the server used under 2% CPU during ``idle`` seconds: it has handled its backlog."""
+        state = {"cpu": self.cpu_seconds(), "at": time.monotonic()}
+
+        def quiet() -> bool:
+            now = time.monotonic()
+            if now - state["at"] < idle:
+                return False
+            cpu = self.cpu_seconds()
+            used, state["cpu"], state["at"] = cpu - state["cpu"], cpu, now
+            return used < 0.02 * idle
+
+        wait_until(quiet, timeout=timeout, interval=idle / 5, what="the server to go quiet")
+
+
+def daphne(chosen: Backend, workdir: Path, cpus: set[int] | None, **overrides: str) -> ServerProcess:
+    """One daphne process serving the project with ``chosen``'s database (and Redis)."""
+    argv = [PYTHON, "-m", "daphne", "--fd", "{fd}", "humaninput_project.asgi:application"]
+    log_path = workdir / f"daphne-{time.monotonic_ns()}.log"
+    return ServerProcess(argv, server_env(chosen, **overrides), log_path, cpus).start()
+
+
+def http_get(
+    port: int, path: str, timeout: float, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def http_post_json(port: int, path: str, body: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+# --- client processes -------------------------------------------------------------------------
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Control:
+    """The client side of a worker's pipe, awaitable from its event loop."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def send(self, kind: str, data: Any = None) -> None:
+        self.conn.send((kind, data))
+
+    async def recv(self, within: float) -> tuple[str, Any]:
+        """The next command; the pipe is waited on in a thread so the loop keeps serving connections."""
+        if not await asyncio.to_thread(self.conn.poll, within):
+            raise TimeoutError(f"no command from the orchestrator within {within:g}s")
+        return self.conn.recv()
+
+    async def expect(self, kind: str, within: float) -> Any:
+        got, data = await self.recv(within)
+        if got != kind:
+            raise RuntimeError(f"expected {kind!r} from the orchestrator, got {got!r}")
+        return data
+
+
+def _worker_main(conn: Any, role: Callable[..., Any], cpus: set[int] | None, kwargs: dict[str, Any]) -> None:
+    raise_fd_limit()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        result = asyncio.run(role(Control(conn), **kwargs))
+        conn.send(("result", result))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+
+
+class Worker:
+    """A client process running ``role(control, **kwargs)``; talk to it with ``send`` / ``expect``."""
+
+    def __init__(self, role: Callable[..., Any], cpus: set[int] | None, **kwargs: Any) -> None:
+        self.conn, child = SPAWN.Pipe()
+        self.process = SPAWN.Process(target=_worker_main, args=(child, role, cpus, kwargs), daemon=True)
+        self.process.start()
+        child.close()
+
+    def send(self, kind: str, data: Any = None) -> None:
+        self.conn.send((kind, data))
+
+    def expect(self, kind: str, timeout: float) -> Any:
+        if not self.conn.poll(timeout):
+            raise TimeoutError(f"client process sent no {kind!r} within {timeout:g}s")
+        got, data = self.conn.recv()
+        if got == "error":
+            raise WorkerError(data)
+        if got != kind:
+            raise WorkerError(f"expected {kind!r} from the client process, got {got!r}")
+        return data
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)
+        self.conn.close()
+
+
+@contextlib.contextmanager
+def workers(
+    count: int, role: Callable[..., Any], cpus: set[int] | None, **kwargs: Any
+) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    try:
+        for index in range(count):
+            started.append(Worker(role, cpus, index=index, **kwargs))
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+def ask_all(pool: Sequence[Worker], kind: str, data: Sequence[Any], reply: str, timeout: float) -> list[Any]:
+    """Send each worker its ``data`` item, then collect every ``reply`` (within one shared deadline)."""
+    for worker, item in zip(pool, data, strict=True):
+        worker.send(kind, item)
+    deadline = time.monotonic() + timeout
+    return [worker.expect(reply, max(0.1, deadline - time.monotonic())) for worker in pool]
+
+
+def split(items: Sequence[Any], parts: int) -> list[list[Any]]:
+    return [list(items[index::parts]) for index in range(parts)]
+
+
+def scratch_dir(base: Path) -> Path:
+    base.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=base))
+
+
+def remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
