@@ -106,7 +106,20 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's psycopg pool (CONN_MAX_AGE stays 0): "closing" a connection hands
+    # it back to the process's pool, so the many short reads of async code
+    # (every subscriber's catch-up, every long poll) don't each pay a new
+    # PostgreSQL connection. DATABASE_POOL_MAX_SIZE bounds the connections
+    # each process holds; 0 turns the pool off (e.g. behind PgBouncer).
+    _pool_max = int(os.environ.get("DATABASE_POOL_MAX_SIZE", "10"))
+    if _pool_max > 0:
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_max,
+            "timeout": 10,
+        }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers (every subscriber's catch-up) run beside the writer;
     # IMMEDIATE transactions take the write lock up front, so two writers
     # queue on the busy timeout instead of failing with "database is locked".

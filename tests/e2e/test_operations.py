@@ -73,12 +73,16 @@ async def test_metrics_token_scrapes_a_live_server_and_sees_deliveries(tmp_path,
 
 
 @pytest.mark.services
+@pytest.mark.parametrize("pool_size", ["0", "3"], ids=["no-pool", "pool-of-3"])
 async def test_idle_subscribers_hold_no_database_connection_and_leave_none_behind(
-    tmp_path, api_key, execution_id
+    tmp_path, api_key, execution_id, pool_size
 ):
-    """Connections are opened per read and closed after it (CONN_MAX_AGE=0), on every transport."""
+    """80 subscribers re-reading the log 5 times a second use at most the pool's connections
+    (without a pool: the few of the database thread, closed after each read), and leave
+    nothing but the pool behind."""
     assert uses_postgres()
     application_name = f"humaninput-test-{uuid.uuid4().hex[:8]}"
+    limit = int(pool_size) or 2  # no pool: the shared database thread and a request's own thread
 
     @database_sync_to_async
     def server_connections() -> int:
@@ -88,7 +92,11 @@ async def test_idle_subscribers_hold_no_database_connection_and_leave_none_behin
             )
             return cursor.fetchone()[0]
 
-    env = {"PGAPPNAME": application_name, "HUMANINPUT_CATCHUP_SECONDS": "0.2"}
+    env = {
+        "PGAPPNAME": application_name,
+        "HUMANINPUT_CATCHUP_SECONDS": "0.2",
+        "DATABASE_POOL_MAX_SIZE": pool_size,
+    }
     with running_server(tmp_path, **env) as server:
         async with contextlib.AsyncExitStack() as stack:
             sockets = [await ws_connect(server, execution_id, token=api_key) for _ in range(40)]
@@ -103,17 +111,18 @@ async def test_idle_subscribers_hold_no_database_connection_and_leave_none_behin
             ]
             for stream in streams:
                 assert await stream.next_message() == {"retry": "3000"}
-            # 80 subscribers re-read the log five times a second for two seconds: not one
-            # connection each, only the few of the database threads, each closed after use.
-            await throughout(lambda: server_connections_below(server_connections, 8), seconds=2, what="<8")
+            await throughout(
+                lambda: server_connections_at_most(server_connections, limit), seconds=2, what=f"<= {limit}"
+            )
             for task in polls:
                 task.cancel()
             await asyncio.gather(*polls, return_exceptions=True)
-        await eventually(server_connections, accept=lambda n: n == 0, what="no connection left open")
+        left = 0 if pool_size == "0" else int(pool_size)
+        await eventually(server_connections, accept=lambda n: n <= left, what="connections given back")
 
 
-async def server_connections_below(count, limit: int) -> bool:
-    return await count() < limit
+async def server_connections_at_most(count, limit: int) -> bool:
+    return await count() <= limit
 
 
 # --- threads -------------------------------------------------------------------------------
