@@ -139,10 +139,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channel layer --------------------------------------------------------
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-# Which channels_redis layer carries the doorbells: "core" (RedisChannelLayer,
-# lists per channel) or "pubsub" (RedisPubSubChannelLayer, one PUBLISH per
-# group_send). docs/deployment.md has the measurements behind the default.
-REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "core")
+# Which channels_redis layer carries the doorbells: "pubsub" (the default,
+# RedisPubSubChannelLayer: one PUBLISH per group_send, received once per
+# process) or "core" (RedisChannelLayer: a Lua script adds the message to every
+# member's queue). docs/deployment.md has the measurements behind the default.
+REDIS_CHANNEL_LAYER = os.environ.get("REDIS_CHANNEL_LAYER", "pubsub")
 REDIS_CHANNEL_LAYER_BACKENDS = {
     "core": "channels_redis.core.RedisChannelLayer",
     "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -165,7 +166,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": REDIS_CHANNEL_LAYER_BACKENDS[REDIS_CHANNEL_LAYER],
             "CONFIG": (
-                {"hosts": _redis_hosts, "capacity": 1000, "expiry": 60}
+                # All of a process's channels share one Redis queue, so capacity
+                # is per process, not per subscriber.
+                {"hosts": _redis_hosts, "capacity": 10_000, "expiry": 60}
                 if REDIS_CHANNEL_LAYER == "core"
                 else {"hosts": _redis_hosts}
             ),

@@ -6,20 +6,26 @@ import asyncio
 
 import pytest
 from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.core.asgi import get_asgi_application
 
 from events_app.events import group_name
 
 from .conftest import asgi_http_scope
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# layer_ready: the layer's own long-lived reader (pub/sub) starts before the count of tasks.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("layer_ready")]
 
 
 async def group_members(execution_id: str) -> int:
+    """Channels in the execution's group: in this process (in-memory, pub/sub) or in Redis (core)."""
     layer = get_channel_layer()
     group = group_name(execution_id)
     if isinstance(layer, InMemoryChannelLayer):
         return len(layer.groups.get(group, {}))
+    if isinstance(layer, RedisPubSubChannelLayer):
+        loop_layer = layer._get_layer()
+        return len(loop_layer.groups.get(loop_layer._get_group_channel_name(group), ()))
     async with layer.connection(layer.consistent_hash(group)) as connection:
         return await connection.zcard(layer._group_key(group))
 

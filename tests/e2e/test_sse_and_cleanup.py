@@ -33,35 +33,41 @@ async def test_idle_sse_stream_gets_heartbeats_without_ids(server, api_key, exec
             assert data["timestamp"] == format_timestamp(datetime.fromisoformat(data["timestamp"]))
 
 
-def group_key(execution_id: str) -> str:
-    return f"asgi:group:{group_name(execution_id)}"
+async def group_members(client: aioredis.Redis, layer: str, execution_id: str) -> int:
+    """Members of the execution's group as Redis holds them: channels in the group (core),
+    processes subscribed to it (pub/sub; a process subscribes while it has a local member)."""
+    group = group_name(execution_id)
+    if layer == "core":
+        return await client.zcard(f"asgi:group:{group}")
+    [(_, subscribed)] = await client.pubsub_numsub(f"asgi__group__{group}")
+    return subscribed
 
 
-async def wait_for_members(client: aioredis.Redis, execution_id: str, expected: int) -> int:
+async def wait_for_members(client: aioredis.Redis, layer: str, execution_id: str, expected: int) -> int:
     """Membership is held in Redis by the daphne process: re-read it until it is ``expected``."""
     return await eventually(
-        lambda: client.zcard(group_key(execution_id)),
+        lambda: group_members(client, layer, execution_id),
         accept=lambda members: members == expected,
         deadline=10,
-        what=f"{expected} member(s) in the group",
+        what=f"{expected} member(s) in the group of {execution_id}",
     )
 
 
-async def test_vanished_clients_give_their_group_membership_back(tmp_path, api_key, execution_id):
+@pytest.mark.parametrize("layer", ["core", "pubsub"])
+async def test_vanished_clients_give_their_group_membership_back(
+    tmp_path, api_key, execution_id, other_execution_id, layer
+):
     client = aioredis.from_url(TEST_REDIS_URL)
-    with running_server(
-        tmp_path, REDIS_URL=TEST_REDIS_URL, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()
-    ) as server:
-        await check_membership_is_released(server, client, api_key, execution_id)
+    env = {"REDIS_URL": TEST_REDIS_URL, "REDIS_CHANNEL_LAYER": layer}
+    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval(), **env) as server:
+        ws = await ws_connect(server, execution_id, token=api_key)
+        async with sse_connect(server, other_execution_id, token=api_key) as sse:
+            await sse.next_message()
+            assert await wait_for_members(client, layer, execution_id, 1) == 1
+            assert await wait_for_members(client, layer, other_execution_id, 1) == 1
+        # The SSE client hung up mid-stream.
+        assert await wait_for_members(client, layer, other_execution_id, 0) == 0
+        assert await group_members(client, layer, execution_id) == 1
+        ws.transport.abort()  # the WebSocket client vanishes without a close frame
+        assert await wait_for_members(client, layer, execution_id, 0) == 0
     await client.aclose()
-
-
-async def check_membership_is_released(server, client, api_key, execution_id):
-    ws = await ws_connect(server, execution_id, token=api_key)
-    async with sse_connect(server, execution_id, token=api_key) as sse:
-        await sse.next_message()
-        assert await wait_for_members(client, execution_id, 2) == 2
-    # The SSE client hung up mid-stream.
-    assert await wait_for_members(client, execution_id, 1) == 1
-    ws.transport.abort()  # the WebSocket client vanishes without a close frame
-    assert await wait_for_members(client, execution_id, 0) == 0
