@@ -14,7 +14,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 
 from .exceptions import InvalidCursor, InvalidExecutionId, InvalidParameter
-from .models import HumanInputEvent
+from .models import ExecutionSequence, HumanInputEvent
 
 EXECUTION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CURSOR_RE = re.compile(
@@ -92,6 +92,35 @@ def events_after(*, execution_id: str, after_sequence: int, limit: int | None = 
 
 
 aevents_after = async_reader(events_after)
+
+
+def events_after_cursor(
+    *, execution_id: str, cursor: uuid.UUID | None, limit: int | None = None
+) -> tuple[int, list[Payload]]:
+    """``resolve_cursor`` then ``events_after``: a plain poll's whole read, in one call
+    (one trip to the database thread instead of two)."""
+    after = resolve_cursor(execution_id=execution_id, cursor=cursor)
+    return after, events_after(execution_id=execution_id, after_sequence=after, limit=limit)
+
+
+aevents_after_cursor = async_reader(events_after_cursor)
+
+HEADS_CHUNK = 500
+
+
+def log_heads(*, execution_ids: list[str]) -> dict[str, int]:
+    """The last ``sequence`` of each of ``execution_ids`` that has events (one query per 500)."""
+    heads: dict[str, int] = {}
+    for start in range(0, len(execution_ids), HEADS_CHUNK):
+        chunk = execution_ids[start : start + HEADS_CHUNK]
+        rows = ExecutionSequence.objects.filter(execution_id__in=chunk).values_list(
+            "execution_id", "last_sequence"
+        )
+        heads.update(rows)
+    return heads
+
+
+alog_heads = async_reader(log_heads)
 
 
 class LogFollower:

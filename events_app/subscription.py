@@ -6,9 +6,14 @@ happens (cancelled mid-join, client gone mid-stream, layer down).
 
 An ``ExecutionSubscription`` joins the execution's group on a channel of its
 own, reads the log once, then waits for doorbells; between doorbells it
-re-reads the log every ``HUMANINPUT_CATCHUP_SECONDS``. If the channel layer
-is unreachable it keeps working on catch-up reads alone and retries the
-group at each of them, so a Redis outage slows delivery but loses nothing.
+catches up every ``HUMANINPUT_CATCHUP_SECONDS``. If the channel layer is
+unreachable it keeps working on catch-up alone and retries the group at each
+catch-up, so a Redis outage slows delivery but loses nothing.
+
+A catch-up first asks ``LogHeads`` whether the log has grown past the
+subscriber's position: one query answers that for every execution followed
+in the process, so N idle subscribers cost one small query per period, not
+N log reads; only a subscriber that is behind reads its log.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
+from collections import Counter
 from types import TracebackType
 from typing import Any
 
@@ -23,7 +30,7 @@ from channels.layers import get_channel_layer
 
 from .conf import humaninput_settings
 from .events import group_name
-from .log import LogFollower, Payload
+from .log import LogFollower, Payload, alog_heads
 from .metrics import CATCHUP_READS, EVENTS_DELIVERED, PUBLISH_DELIVER_SECONDS, SUBSCRIBERS
 
 logger = logging.getLogger(__name__)
@@ -112,6 +119,53 @@ class GroupListener:
             return None
 
 
+class LogHeads:
+    """The last sequence of every execution followed on one event loop, read for all at once.
+
+    Heads are re-read when a caller finds them older than ``max_age`` (a fifth
+    of the catch-up interval), by one caller while the others wait for the
+    same read; so a missed doorbell is still found within about 1.2 catch-up
+    intervals, at one query per ``max_age`` for the whole process.
+    """
+
+    def __init__(self) -> None:
+        self.followed: Counter[str] = Counter()
+        self.heads: dict[str, int] = {}
+        self._read_for: frozenset[str] = frozenset()  # the executions the last read covered
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def follow(self, execution_id: str) -> None:
+        self.followed[execution_id] += 1
+
+    def unfollow(self, execution_id: str) -> None:
+        self.followed[execution_id] -= 1
+        if self.followed[execution_id] <= 0:
+            del self.followed[execution_id]
+
+    async def is_behind(self, execution_id: str, position: int) -> bool:
+        """Whether the log of ``execution_id`` has events past ``position``."""
+        loop = asyncio.get_running_loop()
+        max_age = humaninput_settings.CATCHUP_SECONDS / 5
+        async with self._lock:
+            if loop.time() - self._read_at >= max_age or execution_id not in self._read_for:
+                started, followed = loop.time(), list(self.followed)
+                self.heads = await alog_heads(execution_ids=followed)
+                self._read_for, self._read_at = frozenset(followed), started
+        return self.heads.get(execution_id, 0) > position
+
+
+_log_heads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LogHeads] = weakref.WeakKeyDictionary()
+
+
+def log_heads() -> LogHeads:
+    """This event loop's ``LogHeads`` (a server has one loop; tests have one per test)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _log_heads:
+        _log_heads[loop] = LogHeads()
+    return _log_heads[loop]
+
+
 class ExecutionSubscription:
     """Use as ``async with``; leaving it always gives the group membership back.
 
@@ -134,6 +188,7 @@ class ExecutionSubscription:
         self._by_doorbell = EVENTS_DELIVERED.labels(transport, "doorbell")
         self._by_log = EVENTS_DELIVERED.labels(transport, "log")
         self._latency = PUBLISH_DELIVER_SECONDS.labels(transport)
+        self._heads = log_heads()
 
     @property
     def group(self) -> str:
@@ -141,10 +196,12 @@ class ExecutionSubscription:
 
     async def __aenter__(self) -> ExecutionSubscription:
         self._subscribers.inc()
+        self._heads.follow(self.execution_id)
         try:
             await self.listener.join()
         except BaseException:
             self._subscribers.dec()  # join() already gave back what it took
+            self._heads.unfollow(self.execution_id)
             raise
         return self
 
@@ -158,6 +215,7 @@ class ExecutionSubscription:
             await self.listener.leave()
         finally:
             self._subscribers.dec()
+            self._heads.unfollow(self.execution_id)
 
     async def read_log(self) -> list[Payload]:
         """Everything past the cursor, now; resets the catch-up timer."""
@@ -173,8 +231,7 @@ class ExecutionSubscription:
             now = self._loop.time()
             if now >= self._next_catch_up:
                 await self.listener.join()  # no-op while joined; rejoins after a layer failure
-                events = await self.read_log()
-                CATCHUP_READS.labels("yes" if events else "no").inc()
+                events = await self.catch_up()
                 if events:
                     return events
                 now = self._loop.time()
@@ -185,6 +242,15 @@ class ExecutionSubscription:
                 events = await self._on_doorbell(message)
                 if events:
                     return events
+
+    async def catch_up(self) -> list[Payload]:
+        """The periodic re-read: the log past the cursor if its head says there is any."""
+        behind = await self._heads.is_behind(self.execution_id, self.follower.position)
+        CATCHUP_READS.labels("yes" if behind else "no").inc()
+        if not behind:
+            self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
+            return []
+        return await self.read_log()
 
     async def _on_doorbell(self, message: dict[str, Any]) -> list[Payload]:
         carried = message.get("event")

@@ -175,7 +175,8 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # channels' in-memory layer, with a linear group_send (see events_app.layers).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "events_app.layers.HumanInputInMemoryChannelLayer"}}
 
 # The cache holds the API's rate-limit counters: shared through Redis across
 # processes when there is one, per process otherwise.

@@ -168,7 +168,7 @@ def test_project_defaults_to_sqlite_and_the_in_memory_layer():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "db": "django.db.backends.sqlite3",
-        "layer": "channels.layers.InMemoryChannelLayer",
+        "layer": "events_app.layers.HumanInputInMemoryChannelLayer",
     }
 
 
@@ -178,10 +178,31 @@ def test_database_url_selects_postgresql():
     assert json.loads(result.stdout)["db"] == "django.db.backends.postgresql"
 
 
-def test_redis_url_selects_channels_redis():
+def test_redis_url_selects_the_channels_redis_pubsub_layer():
     result = run_project(SHOW_BACKENDS, DJANGO_DEBUG="1", REDIS_URL="redis://cache.example:6379/0")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert json.loads(result.stdout)["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
+@pytest.mark.parametrize(
+    ("choice", "backend"),
+    [
+        ("core", "channels_redis.core.RedisChannelLayer"),
+        ("pubsub", "channels_redis.pubsub.RedisPubSubChannelLayer"),
+    ],
+)
+def test_redis_channel_layer_selects_the_layer(choice, backend):
+    env = {"DJANGO_DEBUG": "1", "REDIS_URL": "redis://cache.example:6379/0", "REDIS_CHANNEL_LAYER": choice}
+    result = run_project(SHOW_BACKENDS, **env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["layer"] == backend
+
+
+def test_an_unknown_redis_channel_layer_refuses_to_start():
+    env = {"DJANGO_DEBUG": "1", "REDIS_URL": "redis://cache.example:6379/0", "REDIS_CHANNEL_LAYER": "kafka"}
+    result = run_project(SHOW_BACKENDS, **env)
+    assert result.returncode != 0
+    assert "REDIS_CHANNEL_LAYER must be one of" in result.stderr
 
 
 def test_humaninput_environment_variables_become_settings():

@@ -20,7 +20,7 @@ from ..auth import READ, authorize
 from ..conf import humaninput_settings
 from ..events import format_timestamp
 from ..log import (
-    aevents_after,
+    aevents_after_cursor,
     aresolve_cursor,
     parse_bounded_number,
     parse_cursor,
@@ -81,10 +81,10 @@ class PollView(APIView):
             maximum=humaninput_settings.POLL_MAX_WAIT_SECONDS,
             integer=False,
         )
-        after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
         if wait <= 0:
-            events = await aevents_after(execution_id=execution_id, after_sequence=after, limit=limit)
+            after, events = await aevents_after_cursor(execution_id=execution_id, cursor=cursor, limit=limit)
         else:
+            after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
             async with ExecutionSubscription(
                 execution_id=execution_id, after_sequence=after, transport="poll", max_read=limit
             ) as subscription:

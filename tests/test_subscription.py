@@ -1,0 +1,90 @@
+"""Catch-up of idle subscribers: one heads query for the process, log reads only when behind."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import override_settings
+
+from events_app import log, services, signals, subscription
+from events_app.log import log_heads
+from events_app.subscription import ExecutionSubscription
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("own_channel_layer")]
+
+create_request = database_sync_to_async(services.request_create)
+
+
+@pytest.fixture
+def queries(monkeypatch):
+    """Heads queries and log reads made by subscriptions, counted; both still go through."""
+    counts = {"heads": 0, "reads": 0}
+    real_heads, real_read = subscription.alog_heads, log.aevents_after
+
+    async def counting_heads(**kwargs):
+        counts["heads"] += 1
+        return await real_heads(**kwargs)
+
+    async def counting_read(**kwargs):
+        counts["reads"] += 1
+        return await real_read(**kwargs)
+
+    monkeypatch.setattr(subscription, "alog_heads", counting_heads)
+    monkeypatch.setattr(log, "aevents_after", counting_read)
+    return counts
+
+
+def test_log_heads_are_the_last_sequences_of_executions_with_events(execution_id, other_execution_id):
+    for prompt in ("a", "b"):
+        services.request_create(execution_id=execution_id, prompt=prompt)
+    services.request_create(execution_id=other_execution_id, prompt="c")
+    heads = log_heads(execution_ids=[execution_id, other_execution_id, "never-written"])
+    assert heads == {execution_id: 2, other_execution_id: 1}
+
+
+def test_log_heads_read_more_executions_than_one_query_holds(execution_id):
+    services.request_create(execution_id=execution_id, prompt="?")
+    others = [f"idle-{index}" for index in range(log.HEADS_CHUNK * 2 + 7)]
+    assert log_heads(execution_ids=[*others, execution_id]) == {execution_id: 1}
+
+
+@override_settings(HUMANINPUT_CATCHUP_SECONDS=0.5)
+async def test_fifty_idle_subscribers_share_one_heads_query_and_read_no_log(execution_id, queries):
+    subscriptions = [
+        ExecutionSubscription(execution_id=f"{execution_id}-{index}", after_sequence=0, transport="ws")
+        for index in range(50)
+    ]
+    for entered in subscriptions:
+        await entered.__aenter__()
+    try:
+        for entered in subscriptions:
+            assert await entered.catch_up() == []
+    finally:
+        for entered in subscriptions:
+            await entered.__aexit__(None, None, None)
+    assert queries == {"heads": 1, "reads": 0}
+
+
+@override_settings(HUMANINPUT_CATCHUP_SECONDS=0.2)
+async def test_an_event_whose_doorbell_was_lost_is_found_by_the_next_catch_up(
+    execution_id, queries, monkeypatch
+):
+    monkeypatch.setattr(signals, "publish_event", lambda payload: None)  # every doorbell lost
+    followed = ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="sse")
+    async with followed:
+        assert await followed.read_log() == []
+        request = await create_request(execution_id=execution_id, prompt="silent")
+        events = await followed.next_events(max_wait=5)
+    assert [(event["sequence"], event["request_id"]) for event in events] == [(1, str(request.id))]
+
+
+@override_settings(HUMANINPUT_CATCHUP_SECONDS=60)
+async def test_heads_are_read_again_for_an_execution_the_last_read_did_not_cover(execution_id, queries):
+    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws") as first:
+        assert await first.catch_up() == []
+        await create_request(execution_id=f"{execution_id}-new", prompt="?")
+        async with ExecutionSubscription(
+            execution_id=f"{execution_id}-new", after_sequence=0, transport="ws"
+        ) as newcomer:
+            assert [event["sequence"] for event in await newcomer.catch_up()] == [1]
+    assert queries["heads"] == 2
