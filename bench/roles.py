@@ -286,7 +286,7 @@ def redis_layer(kind: str, redis_url: str) -> Any:
     """A channels_redis layer configured as ``humaninput_project.settings`` configures it."""
     hosts = [{"address": redis_url, "socket_timeout": 15, "socket_connect_timeout": 3}]
     if kind == "core":
-        return RedisChannelLayer(hosts=hosts, capacity=1000, expiry=60)
+        return RedisChannelLayer(hosts=hosts, capacity=10_000, expiry=60)
     return RedisPubSubChannelLayer(hosts=hosts)
 
 
