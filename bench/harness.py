@@ -352,6 +352,14 @@ def workers(
             worker.stop()
 
 
+def run_once(role: Callable[..., Any], cpus: set[int] | None, seconds: float, **kwargs: Any) -> Any:
+    """One worker running ``role`` for about ``seconds``: wait until it is ready, start it, its result."""
+    with workers(1, role, cpus, **kwargs) as (worker,):
+        worker.expect("ready", 60)
+        worker.send("go")
+        return worker.expect("result", seconds + 120)
+
+
 def ask_all(pool: Sequence[Worker], kind: str, data: Sequence[Any], reply: str, timeout: float) -> list[Any]:
     """Send each worker its ``data`` item, then collect every ``reply`` (within one shared deadline)."""
     for worker, item in zip(pool, data, strict=True):

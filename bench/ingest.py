@@ -13,7 +13,7 @@ on-commit publish to the channel layer) without HTTP.
 from __future__ import annotations
 
 from bench.common import Context, Result, percentiles, write_events
-from bench.harness import server_env, workers
+from bench.harness import run_once, server_env
 from bench.roles import http_load, service_writer
 
 WARM_UP = 20
@@ -26,35 +26,29 @@ def run(ctx: Context) -> Result:
     server = ctx.daphne()
     try:
         write_events(server.port, executions[:WARM_UP])
-        with workers(
-            1,
+        api = run_once(
             http_load,
             ctx.client_cpus,
+            scale.ingest_seconds,
             port=server.port,
             kind="create",
             executions=executions,
             duration=scale.ingest_seconds,
             concurrency=scale.ingest_concurrency,
-        ) as (client,):
-            client.expect("ready", 60)
-            client.send("go")
-            api = client.expect("result", scale.ingest_seconds + 120)
+        )
     finally:
         server.stop()
     env = server_env(ctx.backend, HUMANINPUT_CATCHUP_SECONDS=f"{scale.catchup_seconds:g}")
     service_executions = ctx.executions("ingest-service", 100)
-    with workers(
-        1,
+    service = run_once(
         service_writer,
         ctx.client_cpus,
+        scale.ingest_seconds,
         env=env,
         executions=service_executions,
         duration=scale.ingest_seconds,
         log_path=str(ctx.workdir / "service-writer.log"),
-    ) as (writer,):
-        writer.expect("ready", 60)
-        writer.send("go")
-        service = writer.expect("result", scale.ingest_seconds + 120)
+    )
     for label, found in (("API", api), ("service", service)):
         created = found["statuses"].get(201, 0) if label == "API" else found["requests"]
         if created != found["requests"]:

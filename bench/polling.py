@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 
 from bench.common import Context, Result, merge, percentiles, spread_evenly, write_events
-from bench.harness import API_KEY, ask_all, http_get, split, workers
+from bench.harness import API_KEY, ask_all, http_get, run_once, split, workers
 from bench.roles import http_load, subscribers
 
 
@@ -47,19 +47,16 @@ def run(ctx: Context) -> Result:
         write_events(server.port, executions)
         cursors = newest_events(server.port, executions)
         event_id = cursors[executions[0]][0]
-        with workers(
-            1,
+        plain = run_once(
             http_load,
             ctx.client_cpus,
+            scale.poll_seconds,
             port=server.port,
             kind="get",
             path=f"/poll/human-input/{executions[0]}?last_event_id={event_id}",
             duration=scale.poll_seconds,
             concurrency=scale.poll_concurrency,
-        ) as (client,):
-            client.expect("ready", 60)
-            client.send("go")
-            plain = client.expect("result", scale.poll_seconds + 120)
+        )
         if plain["statuses"].get(200, 0) != plain["requests"]:
             result.problems.append(f"plain polls answered {plain['statuses']}")
         latency = percentiles(plain["latencies"])
