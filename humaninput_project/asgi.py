@@ -13,12 +13,12 @@ from events_app.handlers import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "humaninput_project.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from events_app.daphne_compat import enforce_websocket_limits, mask_access_log_tokens  # noqa: E402
 from events_app.expiry import ExpirySchedulerMiddleware  # noqa: E402
+from events_app.middleware import SessionAuthUnlessToken  # noqa: E402
 from events_app.routing import fallback_websocket_urlpatterns, websocket_urlpatterns  # noqa: E402
 
 enforce_websocket_limits()
@@ -28,7 +28,7 @@ application = ExpirySchedulerMiddleware(
     ProtocolTypeRouter(
         {
             "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": AuthMiddlewareStack(
+            "websocket": SessionAuthUnlessToken(
                 URLRouter(websocket_urlpatterns + fallback_websocket_urlpatterns)
             ),
         }
