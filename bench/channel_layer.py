@@ -44,7 +44,7 @@ PER_GROUP = 7
 def direct(ctx: Context, kind: str, rate: float | None, name: str) -> dict[str, Any]:
     """One phase on the bare layer: listeners, one publisher, drain; events/s and latency."""
     scale = ctx.scale
-    executions = ctx.executions(f"{name}-{kind}-{time.monotonic_ns()}", scale.executions)
+    executions = ctx.executions(f"{name}-{kind}", scale.executions)
     layer = {"layer": kind, "redis_url": ctx.backend.redis_url}
     with (
         workers(1, subscribers, ctx.client_cpus, transport="layer", **layer) as (listeners,),
@@ -89,7 +89,7 @@ def direct(ctx: Context, kind: str, rate: float | None, name: str) -> dict[str, 
 def burst(ctx: Context, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """End to end under load: service writes as fast as one process can, 500 WS subscribers."""
     scale = ctx.scale
-    executions = ctx.executions(f"burst-{kind}-{time.monotonic_ns()}", scale.executions)
+    executions = ctx.executions(f"burst-{kind}", scale.executions)
     server = ctx.daphne(REDIS_CHANNEL_LAYER=kind)
     env = server_env(ctx.backend, REDIS_CHANNEL_LAYER=kind)
     try:

@@ -90,11 +90,15 @@ class Context:
     server_cpus: set[int] | None
     client_cpus: set[int] | None
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    # Results later scenarios reuse instead of measuring twice (scenario 1 is "e2e core" of 6).
+    # Results later scenarios reuse instead of measuring twice (scenario 1 is 6's default-layer e2e).
     earlier: dict[str, Result] = field(default_factory=dict)
+    handed_out: int = 0
 
     def executions(self, name: str, count: int) -> list[str]:
-        return [f"b{self.tag}-{name}-{number}" for number in range(count)]
+        """``count`` execution ids no earlier call returned: a subscriber that connects without
+        a cursor replays its whole log, and an old log would count as minutes of latency."""
+        self.handed_out += 1
+        return [f"b{self.tag}-{name}-{self.handed_out}-{number}" for number in range(count)]
 
     def daphne(self, **overrides: str) -> ServerProcess:
         overrides.setdefault("HUMANINPUT_CATCHUP_SECONDS", f"{self.scale.catchup_seconds:g}")
