@@ -6,6 +6,7 @@ Django's handler is the app's ``HumanInputASGIHandler``, so open event
 streams and long polls hold no thread each.
 """
 
+import gc
 import os
 
 from events_app.handlers import get_asgi_application
@@ -34,3 +35,9 @@ application = ExpirySchedulerMiddleware(
         }
     )
 )
+
+# Everything loaded so far (Django, the apps, their libraries) lives as long as
+# the process: keep it out of the cyclic collector's full passes, which then
+# scan only what connections create (measured: full collections with 700
+# subscribers went from about 170 ms to about 80 ms).
+gc.freeze()
