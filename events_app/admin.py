@@ -109,6 +109,20 @@ class ViewOnlyAdmin(admin.ModelAdmin):
 
     show_full_result_count = False  # one COUNT(*) less over a table that only grows
 
+    def uuid_matches(self, queryset: QuerySet, value: uuid.UUID) -> QuerySet:
+        """Rows an operator means by pasting the UUID ``value`` (text search misses UUID columns)."""
+        return queryset.none()
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """Called for the search box: text search, plus ``uuid_matches`` when the query is a UUID."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        value = search_uuid(search_term)
+        if value is not None:
+            results |= self.uuid_matches(queryset, value)
+        return results, may_have_duplicates
+
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -204,15 +218,9 @@ class HumanInputRequestAdmin(ViewOnlyAdmin):
     def metadata_json(self, obj: HumanInputRequest) -> str:
         return pretty_json(obj.metadata)
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet, search_term: str
-    ) -> tuple[QuerySet, bool]:
-        """Called for the search box: text search, plus the exact request when the query is a UUID."""
-        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        request_id = search_uuid(search_term)
-        if request_id is not None:
-            results |= queryset.filter(pk=request_id)
-        return results, may_have_duplicates
+    def uuid_matches(self, queryset: QuerySet, value: uuid.UUID) -> QuerySet:
+        """The request itself."""
+        return queryset.filter(pk=value)
 
     # --- answering and cancelling -----------------------------------------------
 
@@ -351,12 +359,6 @@ class HumanInputEventAdmin(ViewOnlyAdmin):
     def payload_json(self, obj: HumanInputEvent) -> str:
         return pretty_json(obj.payload)
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet, search_term: str
-    ) -> tuple[QuerySet, bool]:
-        """Called for the search box: execution id text, or the event / the request's events for a UUID."""
-        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
-        some_id = search_uuid(search_term)
-        if some_id is not None:
-            results |= queryset.filter(pk=some_id) | queryset.filter(request_id=some_id)
-        return results, may_have_duplicates
+    def uuid_matches(self, queryset: QuerySet, value: uuid.UUID) -> QuerySet:
+        """The event itself, or every event of the request with that id."""
+        return queryset.filter(pk=value) | queryset.filter(request_id=value)
