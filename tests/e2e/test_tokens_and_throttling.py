@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -354,20 +355,25 @@ def assert_throttled(response: httpx.Response) -> None:
     assert response.json()["code"] == "throttled"
 
 
+@contextlib.asynccontextmanager
+async def clients_of(servers: tuple[DaphneServer, ...], token: str) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One HTTP client per server, all presenting ``token`` (one caller spread over processes)."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=server.http_url, headers=bearer(token), timeout=DEADLINE)
+            )
+            for server in servers
+        ]
+
+
 @pytest.fixture
 async def respond_token_clients(throttled_servers, execution_id) -> AsyncIterator[list[httpx.AsyncClient]]:
     """Clients of process A and B acting as one fresh caller: a new respond token, so no other
     test or test run has spent its budget."""
     token, _ = issue_token(execution_id=execution_id, scope="respond")
-    async with (
-        httpx.AsyncClient(
-            base_url=throttled_servers[0].http_url, headers=bearer(token), timeout=DEADLINE
-        ) as a,
-        httpx.AsyncClient(
-            base_url=throttled_servers[1].http_url, headers=bearer(token), timeout=DEADLINE
-        ) as b,
-    ):
-        yield [a, b]
+    async with clients_of(throttled_servers, token) as clients:
+        yield clients
 
 
 async def test_writes_through_two_processes_share_one_budget(respond_token_clients, execution_id):
@@ -399,14 +405,7 @@ async def test_the_token_endpoint_has_its_own_budget_shared_by_both_processes(
     throttled_servers, api_key, execution_id
 ):
     forget_throttle_history()  # the API key is one caller for every test run sharing this Redis
-    async with (
-        httpx.AsyncClient(
-            base_url=throttled_servers[0].http_url, headers=bearer(api_key), timeout=DEADLINE
-        ) as a,
-        httpx.AsyncClient(
-            base_url=throttled_servers[1].http_url, headers=bearer(api_key), timeout=DEADLINE
-        ) as b,
-    ):
+    async with clients_of(throttled_servers, api_key) as (a, b):
         body = {"execution_id": execution_id, "scope": "read"}
         minted = [await client.post("/api/tokens", json=body) for client in (a, b, a, b)]
         assert [r.status_code for r in minted] == [201, 201, 201, 429]
