@@ -283,6 +283,30 @@ class SSEStream:
         return [await self.next_event(deadline) for _ in range(count)]
 
 
+class Received(list):
+    """Events a local subscriber task delivered, with a way to wait until there are ``n`` of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Condition()
+        self.finished = False  # the task filling it has ended
+
+    async def add(self, event: dict) -> None:
+        async with self.changed:
+            self.append(event)
+            self.changed.notify_all()
+
+    async def finish(self) -> None:
+        async with self.changed:
+            self.finished = True
+            self.changed.notify_all()
+
+    async def count_reaches(self, n: int, deadline: float = 20) -> None:
+        """Wait for ``n`` events (or the end of the task filling this); TimeoutError at the deadline."""
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: len(self) >= n or self.finished), deadline)
+
+
 @contextlib.asynccontextmanager
 async def sse_connect(
     server: DaphneServer, execution_id: str, headers: dict[str, str] | None = None, **params: str | None

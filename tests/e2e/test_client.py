@@ -23,7 +23,7 @@ from events_app.client import (
     RequestExpired,
 )
 
-from .conftest import catch_up_interval, run_example, running_server, ws_connect, ws_recv
+from .conftest import Received, catch_up_interval, run_example, running_server, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -97,23 +97,6 @@ async def test_respond_reports_a_conflict_to_the_second_answerer(server, api_key
     assert conflict.value.status == 409
     assert conflict.value.request["response"] == "first"
     assert (await asyncio.to_thread(client.get_request, created["id"]))["response"] == "first"
-
-
-class Received(list):
-    """Events a subscription delivered, with a way to wait until there are ``n`` of them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changed = asyncio.Condition()
-
-    async def add(self, event: dict) -> None:
-        async with self.changed:
-            self.append(event)
-            self.changed.notify_all()
-
-    async def count_reaches(self, n: int, deadline: float = 20) -> None:
-        async with self.changed:
-            await asyncio.wait_for(self.changed.wait_for(lambda: len(self) >= n), deadline)
 
 
 async def collect(subscription, into: Received, stop_after: int) -> None:

@@ -26,6 +26,7 @@ from tests.conftest import eventually
 from .conftest import (
     DEADLINE,
     DaphneServer,
+    Received,
     bearer,
     poll,
     running_server,
@@ -65,28 +66,35 @@ async def respond(server: DaphneServer, api_key: str, request_id: str, answer: s
 # --- subscribers that record what they receive -------------------------------------
 
 
-class Subscriber:
-    """A background task following one execution; ``events`` is what arrived, in order."""
+class Subscriber(Received):
+    """The events one background follower task received, in order."""
 
     def __init__(self, name: str) -> None:
+        super().__init__()
         self.name = name
-        self.events: list[dict[str, Any]] = []
         self.task: asyncio.Task[None] | None = None
 
     @property
     def sequences(self) -> list[int]:
-        return [event["sequence"] for event in self.events]
+        return [event["sequence"] for event in self]
 
-    def got(self, event: dict[str, Any]) -> None:
+    async def got(self, event: dict[str, Any]) -> None:
         if event.get("type") != "heartbeat":
-            self.events.append(event)
+            await self.add(event)
+
+    async def follow(self, following: Any) -> None:
+        """Run the ``following`` coroutine; waiters learn when it ends, for whatever reason."""
+        try:
+            await following
+        finally:
+            await asyncio.shield(self.finish())
 
 
 async def follow_ws(subscriber: Subscriber, server: DaphneServer, execution_id: str, token: str) -> None:
     ws = await ws_connect(server, execution_id, token=token)
     try:
         async for frame in ws:
-            subscriber.got(json.loads(frame))
+            await subscriber.got(json.loads(frame))
     finally:
         await ws.close()
 
@@ -96,7 +104,7 @@ async def follow_sse(subscriber: Subscriber, server: DaphneServer, execution_id:
         while True:
             message = await stream.next_message(deadline=3600)
             if "data" in message:
-                subscriber.got(json.loads(message["data"]))
+                await subscriber.got(json.loads(message["data"]))
 
 
 async def follow_poll(subscriber: Subscriber, server: DaphneServer, execution_id: str, token: str) -> None:
@@ -105,7 +113,7 @@ async def follow_poll(subscriber: Subscriber, server: DaphneServer, execution_id
         response = await poll(server, execution_id, token=token, last_event_id=cursor, wait="5")
         assert response.status_code == 200, response.text
         for event in response.json()["events"]:
-            subscriber.got(event)
+            await subscriber.got(event)
         cursor = response.json()["last_event_id"] or cursor
 
 
@@ -127,7 +135,7 @@ async def subscribers(
         for transport in FOLLOWERS:
             subscriber = Subscriber(f"{transport}@{server_name}")
             subscriber.task = asyncio.create_task(
-                FOLLOWERS[transport](subscriber, server, execution_id, token)
+                subscriber.follow(FOLLOWERS[transport](subscriber, server, execution_id, token))
             )
             started.append(subscriber)
     try:
@@ -146,22 +154,16 @@ async def subscribers(
 
 async def all_received(group: list[Subscriber], count: int, deadline: float = DEADLINE) -> None:
     """Every subscriber holds exactly sequences 1..count, in order; fails on a task that died."""
-
-    async def probe() -> dict[str, list[int]]:
-        for subscriber in group:
-            if subscriber.task.done():
-                subscriber.task.result()  # raises what killed it
-                raise AssertionError(f"{subscriber.name} stopped")
-        return {s.name: s.sequences for s in group}
-
+    try:
+        await asyncio.gather(*(subscriber.count_reaches(count, deadline) for subscriber in group))
+    except TimeoutError:
+        short = {s.name: s.sequences for s in group if len(s) < count}
+        raise AssertionError(f"events 1..{count} not everywhere within {deadline} s: {short}") from None
     expected = list(range(1, count + 1))
-    await eventually(
-        probe,
-        accept=lambda seen: all(sequences[:count] == expected for sequences in seen.values()),
-        deadline=deadline,
-        what=f"events 1..{count} at every subscriber",
-    )
     for subscriber in group:
+        if len(subscriber) < count:
+            subscriber.task.result()  # raises what killed it
+            raise AssertionError(f"{subscriber.name} stopped")
         assert subscriber.sequences == expected, subscriber.name  # nothing repeated or extra
 
 
@@ -197,10 +199,10 @@ async def test_request_created_through_a_reaches_subscribers_on_b_and_the_answer
         await respond(b, api_key, created["id"], "Yes")
         await all_received(group, 2)
     for subscriber in group:
-        assert [e["type"] for e in subscriber.events] == ["human_input_required", "human_input_completed"]
-        assert subscriber.events[1]["human_feedback"] == "Yes"
+        assert [e["type"] for e in subscriber] == ["human_input_required", "human_input_completed"]
+        assert subscriber[1]["human_feedback"] == "Yes"
     # Both processes served the same log to everyone.
-    assert len({json.dumps(s.events, sort_keys=True) for s in group}) == 1
+    assert len({json.dumps(list(s), sort_keys=True) for s in group}) == 1
 
 
 async def test_poll_on_either_process_returns_the_same_log(two_servers, api_key, execution_id):
@@ -225,26 +227,23 @@ async def test_client_moves_to_the_other_process_when_its_server_is_killed(tmp_p
         running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS="3600") as b,
     ):
         client = HumanInputClient([a.http_url, b.http_url], token=api_key, reconnect_initial_delay=0.05)
-        received: list[dict[str, Any]] = []
+        received = Received()
 
         async def follow() -> None:
             async for event in client.subscribe(execution_id):
-                received.append(event)
-
-        async def received_count() -> int:
-            return len(received)
+                await received.add(event)
 
         follower = asyncio.create_task(follow())
         try:
             await eventually(lambda: stream_subscribers(a, api_key), accept=lambda n: n >= 1)
             for prompt in ("one", "two", "three"):
                 await create(b, api_key, execution_id, prompt)
-            await eventually(received_count, accept=lambda n: n >= 3, what="3 events")
+            await received.count_reaches(3, DEADLINE)
             a.process.kill()  # no goodbye: the socket just dies
             a.process.wait(timeout=10)
             for prompt in ("four", "five", "six"):
                 await create(b, api_key, execution_id, prompt)
-            await eventually(received_count, accept=lambda n: n >= 6, what="6 events")
+            await received.count_reaches(6, DEADLINE)
         finally:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
