@@ -74,8 +74,20 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every package of the test venv (transitive ones too) against known vulnerabilities:
+# fails on a vulnerable pin; says NOT AUDITED when no vulnerability source answers.
+AUDIT_VENV ?= .venv-audit
+$(AUDIT_VENV)/.installed: requirements-audit.txt
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install --quiet -r requirements-audit.txt
+	touch $@
+
+.PHONY: audit
+audit: $(VENV)/.installed-dev $(AUDIT_VENV)/.installed
+	$(BIN)/python .ci/audit_dependencies.py $(AUDIT_VENV)/bin/pip-audit $(BIN)/python
+
 clean:
-	rm -rf $(VENV) db.sqlite3* test-db-*.sqlite3*
+	rm -rf $(VENV) $(AUDIT_VENV) db.sqlite3* test-db-*.sqlite3*
 
 # --- benchmarks
 .PHONY: bench bench-smoke
