@@ -1,10 +1,11 @@
-"""The operator's view of requests and the event log in Django's admin.
+"""The operator's view of requests, the event log and issued tokens in Django's admin.
 
-Both models are view-only here: requests are created through the API and
-their state belongs to the service layer, and the log is append-only. The
-admin's one write is answering or cancelling a pending request, which goes
-through ``services`` like every other transport, so the event is logged and
-published to subscribers exactly as if an agent's client had sent it.
+All three are view-only here: requests are created through the API and
+their state belongs to the service layer, the log is append-only, and tokens
+are minted by the API. The admin's writes are answering or cancelling a
+pending request and revoking tokens, through ``services`` like every other
+transport, so an answer's event is logged and published to subscribers
+exactly as if an agent's client had sent it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from django.views.decorators.http import require_POST
 
 from . import services
 from .exceptions import AlreadyResolved, HumanInputError
-from .models import HumanInputEvent, HumanInputRequest, RequestStatus
+from .models import HumanInputEvent, HumanInputRequest, RequestStatus, ScopedToken
 
 
 def pretty_json(value: Any) -> str:
@@ -53,6 +54,15 @@ def search_uuid(search_term: str) -> uuid.UUID | None:
 def responder(request: HttpRequest) -> str:
     """The ``responded_by`` of an answer or cancel made in the admin."""
     return f"user:{request.user.get_username()}"
+
+
+def principal_link(admin_site: admin.AdminSite, name: str) -> str:
+    """Who did it (``responded_by``, ``issued_by``): a scoped token links to its record."""
+    kind, _, token_id = name.partition(":")
+    if kind != "token" or not token_id:
+        return name
+    url = reverse(f"{admin_site.name}:events_app_scopedtoken_change", args=(quote(token_id),))
+    return format_html('<a href="{}">{}</a>', url, name)
 
 
 class ExecutionListFilter(admin.SimpleListFilter):
@@ -176,7 +186,7 @@ class HumanInputRequestAdmin(ViewOnlyAdmin):
         "created_at",
         "age",
         "expires_at",
-        "responded_by",
+        "answered_by",
         "responded_at",
     )
     list_filter = ("status", ExecutionListFilter, "created_at")
@@ -188,13 +198,18 @@ class HumanInputRequestAdmin(ViewOnlyAdmin):
     inlines = (HumanInputEventInline,)
     fieldsets = (
         (None, {"fields": ("id", "execution_id", "status", "prompt", "context", "reason_flags_json")}),
-        ("Answer", {"fields": ("response", "responded_by", "responded_at")}),
+        ("Answer", {"fields": ("response", "answered_by", "responded_at")}),
         ("Timing", {"fields": ("created_at", "age", "expires_at")}),
         ("Origin", {"fields": ("crew_id", "task_id", "agent_id", "metadata_json"), "classes": ("collapse",)}),
     )
-    readonly_fields = ("age", "reason_flags_json", "metadata_json")
+    readonly_fields = ("age", "reason_flags_json", "metadata_json", "answered_by")
 
     # --- columns and fields ---------------------------------------------------
+
+    @admin.display(description="responded by", ordering="responded_by")
+    def answered_by(self, obj: HumanInputRequest) -> str:
+        """Who answered or cancelled: ``api-key``, ``user:<name>`` or ``token:<id>`` (linked)."""
+        return principal_link(self.admin_site, obj.responded_by)
 
     @admin.display(description="prompt", ordering="prompt")
     def short_prompt(self, obj: HumanInputRequest) -> str:
@@ -362,3 +377,43 @@ class HumanInputEventAdmin(ViewOnlyAdmin):
     def uuid_matches(self, queryset: QuerySet, value: uuid.UUID) -> QuerySet:
         """The event itself, or every event of the request with that id."""
         return queryset.filter(pk=value) | queryset.filter(request_id=value)
+
+
+@admin.register(ScopedToken)
+class ScopedTokenAdmin(ViewOnlyAdmin):
+    """Tokens minted by ``POST /api/tokens``: who issued them, and revoking them."""
+
+    list_display = ("token_id", "execution_id", "scope", "issued_by", "issued_at", "expires_at", "revoked_at")
+    list_filter = ("scope", ("revoked_at", admin.EmptyFieldListFilter), "issued_at")
+    date_hierarchy = "issued_at"
+    search_fields = ("=token_id", "execution_id")
+    search_help_text = "Token id (as in responded_by, without token:) or execution id."
+    ordering = ("-issued_at",)
+    actions = ("revoke_selected",)
+    fields = (
+        "token_id",
+        "execution_id",
+        "scope",
+        "issued_by",
+        "issued_at",
+        "expires_at",
+        "revoked_at",
+        "revoked_by",
+    )
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        """Revoking needs the model's change permission (no field is editable)."""
+        codename = get_permission_codename("change", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        """Revoke each selected token through ``services.token_revoke``; revoked ones stay as they were."""
+        revoked = 0
+        for token_id in list(queryset.filter(revoked_at__isnull=True).values_list("pk", flat=True)):
+            record = services.token_revoke(token_id=token_id, revoked_by=responder(request))
+            self.log_change(request, record, "Revoked.")
+            revoked += 1
+        self.message_user(
+            request, ngettext("Revoked %d token.", "Revoked %d tokens.", revoked) % revoked, messages.SUCCESS
+        )

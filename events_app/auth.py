@@ -6,12 +6,22 @@ scope it wants. Three kinds of credential exist:
 
 * the API key (``HUMANINPUT_API_KEY``): full access;
 * scoped tokens minted by ``issue_token``: one execution, scope ``read`` or
-  ``respond``, until they expire;
+  ``respond``, until they expire or are revoked (``ScopedToken.revoked_at``);
 * a logged-in staff user's session: full access from the browser.
 
 With no API key configured, anonymous full access is allowed only when
 ``DEBUG`` is on or ``HUMANINPUT_ALLOW_ANONYMOUS`` is set (the project refuses
 to start otherwise).
+
+A scoped token is checked against the revocation list in the database each
+time it is presented, so ``authenticate`` may query: async callers use
+``aauthenticate``. Connections that stay open are re-checked by their
+``ExecutionSubscription`` at each catch-up.
+
+A browser sends its session cookie with a WebSocket handshake from any page,
+so a session may open a WebSocket only from an allowed ``Origin``
+(``origin_allowed``); token clients need no such check: a hostile page does
+not hold the token.
 """
 
 from __future__ import annotations
@@ -23,11 +33,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core import signing
+from django.http.request import split_domain_port, validate_host
+from django.utils.http import is_same_domain
 
 from .conf import humaninput_settings
-from .exceptions import NotAuthenticated, PermissionDenied
+from .exceptions import NotAuthenticated, PermissionDenied, TokenRevoked
+from .models import ScopedToken
 
 READ = "read"
 RESPOND = "respond"
@@ -48,6 +62,7 @@ class Principal:
     scopes: frozenset[str] = field(default_factory=lambda: frozenset(SCOPES))
     execution_id: str | None = None
     token_id: str | None = None
+    via_session: bool = False
 
     @property
     def is_full_access(self) -> bool:
@@ -78,14 +93,20 @@ def anonymous_allowed() -> bool:
     return not humaninput_settings.API_KEY and (settings.DEBUG or humaninput_settings.ALLOW_ANONYMOUS)
 
 
-def issue_token(*, execution_id: str, scope: str, ttl_seconds: int | None = None) -> tuple[str, int]:
-    """Mint a signed token for one execution and scope; returns it and its expiry (epoch s)."""
+def issue_token(
+    *, execution_id: str, scope: str, ttl_seconds: int | None = None, token_id: str | None = None
+) -> tuple[str, int]:
+    """Mint a signed token for one execution and scope; returns it and its expiry (epoch s).
+
+    ``token_id`` is what ``responded_by`` and the revocation list name it by
+    (``services.token_issue`` records it); a random one by default.
+    """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}")
     ttl = ttl_seconds or humaninput_settings.TOKEN_DEFAULT_TTL_SECONDS
     ttl = min(ttl, humaninput_settings.TOKEN_MAX_TTL_SECONDS)
     expires = int(time.time()) + int(ttl)
-    body = {"e": execution_id, "s": scope, "x": expires, "j": uuid.uuid4().hex}
+    body = {"e": execution_id, "s": scope, "x": expires, "j": token_id or uuid.uuid4().hex}
     return signing.dumps(body, salt=_TOKEN_SALT, compress=False), expires
 
 
@@ -106,13 +127,21 @@ def _principal_from_scoped_token(token: str) -> Principal | None:
     return Principal(name=f"token:{token_id}", scopes=scopes, execution_id=execution_id, token_id=token_id)
 
 
-def authenticate(*, token: str | None, user: Any = None) -> Principal:
-    """The principal behind ``token`` (API key or scoped token) or a staff ``user``.
+def revoked_token_ids(token_ids: list[str]) -> set[str]:
+    """Which of ``token_ids`` are on the revocation list (one query)."""
+    if not token_ids:
+        return set()
+    return set(
+        ScopedToken.objects.filter(token_id__in=token_ids, revoked_at__isnull=False).values_list(
+            "token_id", flat=True
+        )
+    )
 
-    A token that is present but wrong is refused even where anonymous
-    access would be allowed: a client that sends a credential expects it to
-    be checked. Raises ``NotAuthenticated``.
-    """
+
+arevoked_token_ids = database_sync_to_async(revoked_token_ids)
+
+
+def _principal_without_revocation(token: str | None, user: Any) -> Principal:
     if token:
         if len(token) > MAX_TOKEN_LENGTH:
             raise NotAuthenticated()
@@ -123,10 +152,66 @@ def authenticate(*, token: str | None, user: Any = None) -> Principal:
             raise NotAuthenticated("Invalid or expired token.")
         return principal
     if user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False):
-        return Principal(name=f"user:{user.get_username()}")
+        return Principal(name=f"user:{user.get_username()}", via_session=True)
     if anonymous_allowed():
         return Principal(name="anonymous")
     raise NotAuthenticated()
+
+
+def authenticate(*, token: str | None, user: Any = None) -> Principal:
+    """The principal behind ``token`` (API key or scoped token) or a staff ``user``.
+
+    A token that is present but wrong is refused even where anonymous
+    access would be allowed: a client that sends a credential expects it to
+    be checked. Raises ``NotAuthenticated`` (``TokenRevoked`` for a revoked
+    token). Queries the revocation list: from async code use ``aauthenticate``.
+    """
+    principal = _principal_without_revocation(token, user)
+    if principal.token_id and revoked_token_ids([principal.token_id]):
+        raise TokenRevoked()
+    return principal
+
+
+async def aauthenticate(*, token: str | None, user: Any = None) -> Principal:
+    """``authenticate`` for async code: only a scoped token's revocation check leaves the loop."""
+    principal = _principal_without_revocation(token, user)
+    if principal.token_id and await arevoked_token_ids([principal.token_id]):
+        raise TokenRevoked()
+    return principal
+
+
+async def acheck_not_revoked(principal: Principal) -> None:
+    """Raise ``TokenRevoked`` if ``principal``'s token was revoked since it connected."""
+    if principal.token_id and await arevoked_token_ids([principal.token_id]):
+        raise TokenRevoked()
+
+
+def origin_allowed(origin: str | None) -> bool:
+    """Whether a browser page at ``origin`` may use a session here.
+
+    Allowed, as Django's CSRF check reads them: ``CSRF_TRUSTED_ORIGINS``
+    (``https://*.example.com`` wildcards included), and http(s) origins whose
+    host is in ``ALLOWED_HOSTS`` (with ``DEBUG`` and no hosts set, localhost).
+    No ``Origin`` header means no browser sent the request.
+    """
+    if origin is None:
+        return True
+    scheme, separator, netloc = origin.lower().partition("://")
+    if not separator or scheme not in {"http", "https"} or not netloc:
+        return False
+    for trusted in settings.CSRF_TRUSTED_ORIGINS:
+        trusted_scheme, _, trusted_netloc = trusted.lower().partition("://")
+        if trusted_scheme != scheme:
+            continue
+        if netloc == trusted_netloc or (
+            trusted_netloc.startswith("*") and is_same_domain(netloc, trusted_netloc[1:])
+        ):
+            return True
+    host, _port = split_domain_port(netloc)
+    allowed_hosts = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed_hosts:
+        allowed_hosts = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(host) and validate_host(host, allowed_hosts)
 
 
 def authorize(principal: Principal, *, execution_id: str, scope: str) -> None:
@@ -160,4 +245,4 @@ async def aauthenticate_request(request: Any) -> Principal:
     """``authenticate`` for an async Django view."""
     token = http_token(request)
     user = None if token else await request.auser()
-    return authenticate(token=token, user=user)
+    return await aauthenticate(token=token, user=user)

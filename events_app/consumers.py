@@ -22,13 +22,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import services
-from .auth import READ, RESPOND, Principal, authenticate, authorize
+from .auth import READ, RESPOND, Principal, aauthenticate, acheck_not_revoked, authorize, origin_allowed
 from .conf import humaninput_settings
 from .exceptions import (
     HumanInputError,
     InvalidJson,
     InvalidMessage,
     InvalidParameter,
+    OriginNotAllowed,
+    TokenRevoked,
     UnknownMessageType,
 )
 from .log import Payload, aresolve_cursor, parse_cursor, validate_execution_id
@@ -46,6 +48,13 @@ def _query_params(scope: dict[str, Any]) -> dict[str, str]:
     return {key: values[-1] for key, values in parse_qs(raw, keep_blank_values=True).items()}
 
 
+def _origin(scope: dict[str, Any]) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"origin":
+            return value.decode("latin-1")
+    return None
+
+
 class HumanInputEventConsumer(AsyncWebsocketConsumer):
     """One client following one execution's events, and possibly answering them."""
 
@@ -60,7 +69,9 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
         await self.accept()
         try:
             query = _query_params(self.scope)
-            self.principal = authenticate(token=query.get("token"), user=self.scope.get("user"))
+            self.principal = await aauthenticate(token=query.get("token"), user=self.scope.get("user"))
+            if self.principal.via_session and not origin_allowed(_origin(self.scope)):
+                raise OriginNotAllowed()
             self.execution_id = validate_execution_id(self.scope["url_route"]["kwargs"]["execution_id"])
             cursor = parse_cursor(query.get("last_event_id"))
             authorize(self.principal, execution_id=self.execution_id, scope=READ)
@@ -69,7 +80,10 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
             return
         after = await aresolve_cursor(execution_id=self.execution_id, cursor=cursor)
         subscription = ExecutionSubscription(
-            execution_id=self.execution_id, after_sequence=after, transport="ws"
+            execution_id=self.execution_id,
+            after_sequence=after,
+            transport="ws",
+            token_id=self.principal.token_id,
         )
         # Joined before the first read: an event committed in between is then
         # either in the read or rung afterwards (and deduplicated by sequence).
@@ -95,6 +109,9 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
                 events = await subscription.next_events(max_wait=3600)
             except asyncio.CancelledError:
                 raise
+            except TokenRevoked as error:
+                await self.close(code=error.ws_close_code)
+                return
             except Exception:
                 # The database is unreachable; the next catch-up retries.
                 logger.exception("reading the log failed for %s", self.execution_id)
@@ -112,6 +129,8 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
             return
         try:
             await self._handle(text_data, bytes_data)
+        except TokenRevoked as error:
+            await self.close(code=error.ws_close_code)
         except HumanInputError as error:
             await self.send(text_data=json.dumps({"type": "error", **error.as_dict()}))
 
@@ -138,6 +157,7 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
 
     async def _respond(self, message: dict[str, Any]) -> None:
         authorize(self.principal, execution_id=self.execution_id, scope=RESPOND)
+        await acheck_not_revoked(self.principal)
         response = message.get("response")
         if not isinstance(response, str):
             raise InvalidParameter("response must be a string.", field="response")

@@ -45,6 +45,20 @@ class NotAuthenticated(HumanInputError):
     default_detail = "A valid token is required."
 
 
+class TokenRevoked(NotAuthenticated):
+    code = "token_revoked"
+    default_detail = "This token has been revoked."
+
+
+class OriginNotAllowed(HumanInputError):
+    """A session-authenticated WebSocket opened from a page of another origin."""
+
+    code = "origin_not_allowed"
+    http_status = 403
+    ws_close_code = 4403
+    default_detail = "Sessions may connect only from an allowed Origin."
+
+
 class PermissionDenied(HumanInputError):
     code = "permission_denied"
     http_status = 403

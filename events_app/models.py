@@ -99,3 +99,31 @@ class ExecutionSequence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.execution_id} @ {self.last_sequence}"
+
+
+class ScopedToken(models.Model):
+    """A token minted by ``POST /api/tokens``: the audit record, and the revocation list.
+
+    The token itself is signed and carries its execution, scope and expiry, so
+    checking it needs no row; the row records who issued it and, once
+    ``revoked_at`` is set, refuses it on every transport before it expires.
+    """
+
+    token_id = models.CharField(max_length=32, primary_key=True)
+    execution_id = models.CharField(max_length=128, db_index=True)
+    scope = models.CharField(max_length=16)
+    issued_by = models.CharField(max_length=255, blank=True, default="")
+    issued_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-issued_at"]
+
+    def __str__(self) -> str:
+        return f"token:{self.token_id} ({self.scope} on {self.execution_id})"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

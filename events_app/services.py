@@ -1,4 +1,4 @@
-"""The only write path: create, respond, cancel, expire.
+"""The only write path: create, respond, cancel, expire; and issuing and revoking tokens.
 
 Each function is one transaction that changes a request and appends its
 event to the log; the ``post_save`` receiver in ``signals`` announces the
@@ -16,12 +16,13 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connections, router, transaction
 from django.utils import timezone
 
+from .auth import issue_token
 from .conf import humaninput_settings
 from .events import build_payload
 from .exceptions import AlreadyAnswered, AlreadyResolved, InvalidParameter, NotFound
@@ -33,6 +34,7 @@ from .models import (
     HumanInputEvent,
     HumanInputRequest,
     RequestStatus,
+    ScopedToken,
     default_reason_flags,
 )
 
@@ -288,3 +290,46 @@ def requests_expire_due(*, now: datetime | None = None) -> list[HumanInputReques
         except AlreadyResolved:
             continue  # answered or cancelled meanwhile: the answer stands
     return expired
+
+
+def token_issue(
+    *, execution_id: str, scope: str, ttl_seconds: int | None = None, issued_by: str = ""
+) -> tuple[str, ScopedToken]:
+    """Mint a scoped token and record it (who issued it, until when); returns it and its record."""
+    token_id = uuid.uuid4().hex
+    token, expires = issue_token(
+        execution_id=execution_id, scope=scope, ttl_seconds=ttl_seconds, token_id=token_id
+    )
+    record = ScopedToken.objects.create(
+        token_id=token_id,
+        execution_id=execution_id,
+        scope=scope,
+        issued_by=issued_by,
+        expires_at=datetime.fromtimestamp(expires, tz=UTC),
+    )
+    logger.info(
+        "token issued",
+        extra={"execution_id": execution_id, "token_id": token_id, "scope": scope, "by": issued_by},
+    )
+    return token, record
+
+
+def token_revoke(*, token_id: str, revoked_by: str = "") -> ScopedToken:
+    """Put a token on the revocation list (idempotent: the first revocation's time and author stay).
+
+    Every transport refuses it from now on; connections already open with it
+    are closed at their next catch-up. Raises ``NotFound`` for an unknown id.
+    """
+    with transaction.atomic():
+        record = ScopedToken.objects.select_for_update().filter(token_id=str(token_id)[:32]).first()
+        if record is None or record.token_id != token_id:
+            raise NotFound("No such token.")
+        if record.revoked_at is None:
+            record.revoked_at = timezone.now()
+            record.revoked_by = revoked_by
+            record.save(update_fields=["revoked_at", "revoked_by"])
+    logger.info(
+        "token revoked",
+        extra={"execution_id": record.execution_id, "token_id": token_id, "by": record.revoked_by},
+    )
+    return record

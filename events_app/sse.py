@@ -6,6 +6,8 @@ stream starts with ``retry:``, replays the log past the client's cursor
 execution live, with a heartbeat after each quiet
 ``HUMANINPUT_SSE_HEARTBEAT_SECONDS``. When the client goes away Django
 cancels the generator and ``ExecutionSubscription`` gives the group back.
+A stream whose token is revoked ends with an error message (``token_revoked``)
+at the next catch-up.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from django.views.decorators.http import require_GET
 from .auth import READ, aauthenticate_request, authorize
 from .conf import humaninput_settings
 from .events import format_timestamp
-from .exceptions import HumanInputError
+from .exceptions import HumanInputError, TokenRevoked
 from .http import error_response
 from .log import Payload, aresolve_cursor, parse_cursor, validate_execution_id
 from .subscription import ExecutionSubscription
@@ -49,11 +51,11 @@ def event_stream_response(stream: AsyncIterator[str]) -> StreamingHttpResponse:
     return response
 
 
-async def _stream(execution_id: str, after_sequence: int) -> AsyncIterator[str]:
+async def _stream(execution_id: str, after_sequence: int, token_id: str | None) -> AsyncIterator[str]:
     loop = asyncio.get_running_loop()
     yield f"retry: {humaninput_settings.SSE_RETRY_MILLISECONDS}\n\n"
     async with ExecutionSubscription(
-        execution_id=execution_id, after_sequence=after_sequence, transport="sse"
+        execution_id=execution_id, after_sequence=after_sequence, transport="sse", token_id=token_id
     ) as subscription:
         for payload in await subscription.read_log():
             yield format_event(payload)
@@ -61,7 +63,12 @@ async def _stream(execution_id: str, after_sequence: int) -> AsyncIterator[str]:
         while True:
             heartbeat = humaninput_settings.SSE_HEARTBEAT_SECONDS
             wait = max(0.0, quiet_since + heartbeat - loop.time())
-            events = await subscription.next_events(max_wait=wait)
+            try:
+                events = await subscription.next_events(max_wait=wait)
+            except TokenRevoked as error:
+                # The stream ends; EventSource reconnects and gets the 401.
+                yield format_data({"type": "error", **error.as_dict()})
+                return
             if events:
                 yield "".join(format_event(payload) for payload in events)
             else:
@@ -79,4 +86,4 @@ async def human_input_stream(request: HttpRequest, execution_id: str) -> HttpRes
     except HumanInputError as error:
         return error_response(error)
     after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
-    return event_stream_response(_stream(execution_id, after))
+    return event_stream_response(_stream(execution_id, after, principal.token_id))

@@ -28,8 +28,10 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
+from .auth import arevoked_token_ids
 from .conf import humaninput_settings
 from .events import group_name
+from .exceptions import TokenRevoked
 from .log import LogFollower, Payload, alog_heads
 from .metrics import CATCHUP_READS, EVENTS_DELIVERED, PUBLISH_DELIVER_SECONDS, SUBSCRIBERS
 
@@ -155,15 +157,61 @@ class LogHeads:
         return self.heads.get(execution_id, 0) > position
 
 
-_log_heads: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LogHeads] = weakref.WeakKeyDictionary()
+class Revocations:
+    """Which tokens of the connections open on one event loop have been revoked, read for all at once.
+
+    Like ``LogHeads``: re-read by one caller when older than a fifth of the
+    catch-up interval, so each subscriber finds its token revoked at its next
+    catch-up (within about 1.2 intervals of the revocation) for one query per
+    period for the whole process.
+    """
+
+    def __init__(self) -> None:
+        self.followed: Counter[str] = Counter()
+        self.revoked: set[str] = set()
+        self._read_for: frozenset[str] = frozenset()
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def follow(self, token_id: str) -> None:
+        self.followed[token_id] += 1
+
+    def unfollow(self, token_id: str) -> None:
+        self.followed[token_id] -= 1
+        if self.followed[token_id] <= 0:
+            del self.followed[token_id]
+
+    async def is_revoked(self, token_id: str) -> bool:
+        loop = asyncio.get_running_loop()
+        max_age = humaninput_settings.CATCHUP_SECONDS / 5
+        async with self._lock:
+            if loop.time() - self._read_at >= max_age or token_id not in self._read_for:
+                started, followed = loop.time(), list(self.followed)
+                self.revoked = await arevoked_token_ids(followed)
+                self._read_for, self._read_at = frozenset(followed), started
+        return token_id in self.revoked
+
+
+_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[LogHeads, Revocations]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _loop_state() -> tuple[LogHeads, Revocations]:
+    loop = asyncio.get_running_loop()
+    if loop not in _per_loop:
+        _per_loop[loop] = (LogHeads(), Revocations())
+    return _per_loop[loop]
 
 
 def log_heads() -> LogHeads:
     """This event loop's ``LogHeads`` (a server has one loop; tests have one per test)."""
-    loop = asyncio.get_running_loop()
-    if loop not in _log_heads:
-        _log_heads[loop] = LogHeads()
-    return _log_heads[loop]
+    return _loop_state()[0]
+
+
+def revocations() -> Revocations:
+    """This event loop's ``Revocations``."""
+    return _loop_state()[1]
 
 
 class ExecutionSubscription:
@@ -175,9 +223,16 @@ class ExecutionSubscription:
     """
 
     def __init__(
-        self, *, execution_id: str, after_sequence: int, transport: str, max_read: int | None = None
+        self,
+        *,
+        execution_id: str,
+        after_sequence: int,
+        transport: str,
+        max_read: int | None = None,
+        token_id: str | None = None,
     ) -> None:
         self.execution_id = execution_id
+        self.token_id = token_id
         self.follower = LogFollower(
             execution_id=execution_id, after_sequence=after_sequence, max_read=max_read
         )
@@ -189,6 +244,7 @@ class ExecutionSubscription:
         self._by_log = EVENTS_DELIVERED.labels(transport, "log")
         self._latency = PUBLISH_DELIVER_SECONDS.labels(transport)
         self._heads = log_heads()
+        self._revocations = revocations()
 
     @property
     def group(self) -> str:
@@ -197,13 +253,20 @@ class ExecutionSubscription:
     async def __aenter__(self) -> ExecutionSubscription:
         self._subscribers.inc()
         self._heads.follow(self.execution_id)
+        if self.token_id:
+            self._revocations.follow(self.token_id)
         try:
             await self.listener.join()
         except BaseException:
-            self._subscribers.dec()  # join() already gave back what it took
-            self._heads.unfollow(self.execution_id)
+            self._unfollow()  # join() already gave back what it took
             raise
         return self
+
+    def _unfollow(self) -> None:
+        self._subscribers.dec()
+        self._heads.unfollow(self.execution_id)
+        if self.token_id:
+            self._revocations.unfollow(self.token_id)
 
     async def __aexit__(
         self,
@@ -214,8 +277,7 @@ class ExecutionSubscription:
         try:
             await self.listener.leave()
         finally:
-            self._subscribers.dec()
-            self._heads.unfollow(self.execution_id)
+            self._unfollow()
 
     async def read_log(self) -> list[Payload]:
         """Everything past the cursor, now; resets the catch-up timer."""
@@ -244,7 +306,12 @@ class ExecutionSubscription:
                     return events
 
     async def catch_up(self) -> list[Payload]:
-        """The periodic re-read: the log past the cursor if its head says there is any."""
+        """The periodic re-read: the log past the cursor if its head says there is any.
+
+        Raises ``TokenRevoked`` once the subscriber's token is on the revocation list.
+        """
+        if self.token_id and await self._revocations.is_revoked(self.token_id):
+            raise TokenRevoked()
         behind = await self._heads.is_behind(self.execution_id, self.follower.position)
         CATCHUP_READS.labels("yes" if behind else "no").inc()
         if not behind:

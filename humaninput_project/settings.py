@@ -50,6 +50,23 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 # from clients): request.is_secure() and absolute URLs then say https.
 if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# DJANGO_HTTPS=1: the site is served over HTTPS only (production; `manage.py
+# check --deploy` is then clean). Plain-HTTP requests are redirected, except the
+# probes a load balancer or Prometheus sends to a process directly; cookies are
+# HTTPS-only; browsers are told to use HTTPS for DJANGO_SECURE_HSTS_SECONDS
+# (an hour by default: raise it once HTTPS is known to work everywhere).
+if env_bool("DJANGO_HTTPS", False):
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^health$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_SECURE_HSTS_SECONDS", "3600"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Joining browsers' preload list is a commitment for every subdomain that
+        # takes months to undo: the operator's decision, not a default of ours.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 INSTALLED_APPS = [
     "daphne",

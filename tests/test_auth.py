@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser, User
 from django.core import signing
 from django.test import RequestFactory, override_settings
@@ -18,7 +19,11 @@ from events_app.auth import (
     http_token,
     issue_token,
 )
-from events_app.exceptions import NotAuthenticated, PermissionDenied
+from events_app.exceptions import NotAuthenticated, NotFound, PermissionDenied, TokenRevoked
+from events_app.services import token_issue, token_revoke
+
+# A scoped token is checked against the revocation list in the database.
+pytestmark = pytest.mark.django_db
 
 T0 = 1_800_000_000
 
@@ -279,3 +284,92 @@ def test_request_without_token_uses_the_staff_session():
     request = RequestFactory().get("/poll/x")
     request.user = staff_user()
     assert authenticate_request(request).is_full_access
+
+
+# --- revocation ----------------------------------------------------------------
+
+
+def test_issued_token_is_recorded_with_who_issued_it(execution_id):
+    token, record = token_issue(execution_id=execution_id, scope=RESPOND, issued_by="api-key")
+    principal = authenticate(token=token)
+    assert principal.token_id == record.token_id
+    assert principal.name == f"token:{record.token_id}"
+    assert (record.execution_id, record.scope, record.issued_by) == (execution_id, RESPOND, "api-key")
+    assert not record.is_revoked
+
+
+def test_revoked_token_is_not_authenticated_before_it_expires(execution_id):
+    token, record = token_issue(execution_id=execution_id, scope=READ)
+    token_revoke(token_id=record.token_id, revoked_by="user:alice")
+    with pytest.raises(TokenRevoked):
+        authenticate(token=token)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_revoked_token_is_not_authenticated_from_async_code(execution_id):
+    token, record = await database_sync_to_async(token_issue)(execution_id=execution_id, scope=READ)
+    assert (await auth.aauthenticate(token=token)).token_id == record.token_id
+    await database_sync_to_async(token_revoke)(token_id=record.token_id)
+    with pytest.raises(TokenRevoked):
+        await auth.aauthenticate(token=token)
+
+
+def test_revoking_twice_keeps_the_first_revocation(execution_id):
+    _, record = token_issue(execution_id=execution_id, scope=READ)
+    first = token_revoke(token_id=record.token_id, revoked_by="user:alice")
+    second = token_revoke(token_id=record.token_id, revoked_by="user:bob")
+    assert (second.revoked_at, second.revoked_by) == (first.revoked_at, "user:alice")
+
+
+@pytest.mark.parametrize("token_id", ["", "0" * 32, "x" * 200, "ünïcode"])
+def test_revoking_an_unknown_token_is_not_found(token_id):
+    with pytest.raises(NotFound) as raised:
+        token_revoke(token_id=token_id)
+    assert raised.value.code == "not_found"
+
+
+def test_revoking_one_token_leaves_the_others_of_its_execution(execution_id):
+    kept, _ = token_issue(execution_id=execution_id, scope=READ)
+    _, revoked = token_issue(execution_id=execution_id, scope=READ)
+    token_revoke(token_id=revoked.token_id)
+    assert authenticate(token=kept).execution_id == execution_id
+
+
+def test_a_token_minted_without_a_record_is_still_valid(execution_id):
+    """The revocation list names revoked tokens; a signed token with no row is not revoked."""
+    token, _ = issue_token(execution_id=execution_id, scope=READ)
+    assert authenticate(token=token).execution_id == execution_id
+
+
+# --- Origin of session WebSockets ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        (None, True),
+        ("http://localhost:8000", True),
+        ("https://127.0.0.1", True),
+        ("https://humaninput.example.com", True),
+        ("https://ops.trusted.example", True),
+        ("https://deep.ops.trusted.example", True),
+        ("http://ops.trusted.example", False),  # trusted for https only
+        ("https://evil.example", False),
+        ("https://localhost.evil.example", False),
+        ("null", False),
+        ("file://", False),
+        ("", False),
+        ("https://", False),
+        ("javascript://localhost", False),
+    ],
+)
+def test_session_origin_must_be_an_allowed_host_or_trusted_origin(settings, origin, allowed):
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
+    settings.CSRF_TRUSTED_ORIGINS = ["https://humaninput.example.com", "https://*.trusted.example"]
+    assert auth.origin_allowed(origin) is allowed
+
+
+def test_only_a_session_principal_is_marked_as_coming_through_a_session(api_key):
+    staff = User(username="op", is_staff=True)
+    assert authenticate(token=None, user=staff).via_session
+    assert not authenticate(token=api_key, user=staff).via_session

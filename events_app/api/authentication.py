@@ -11,7 +11,6 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from ..auth import WWW_AUTHENTICATE, Principal, anonymous_allowed, authenticate, http_token
-from ..exceptions import NotAuthenticated
 
 
 class HumanInputAuthentication(BaseAuthentication):
@@ -25,10 +24,9 @@ class HumanInputAuthentication(BaseAuthentication):
         django_request = request._request
         token = http_token(django_request)
         if token:
-            try:
-                return (None, authenticate(token=token))
-            except NotAuthenticated as error:
-                raise exceptions.AuthenticationFailed(error.detail) from None
+            # A refused token raises our NotAuthenticated (or TokenRevoked), which the
+            # API's exception handler turns into the same 401 body as every transport's.
+            return (None, authenticate(token=token))
         user = getattr(django_request, "user", None)
         if user is not None and user.is_authenticated and user.is_staff:
             SessionAuthentication().enforce_csrf(request)

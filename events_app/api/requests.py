@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import services
-from ..auth import READ, RESPOND, Principal, authorize, issue_token
+from ..auth import READ, RESPOND, Principal, authorize
 from ..exceptions import AlreadyResolved, NotFound, PermissionDenied
 from ..models import HumanInputRequest
 from . import serializers as s
@@ -27,6 +27,8 @@ ERRORS = {
     401: OpenApiResponse(s.ErrorOutput, description="Missing or invalid credentials."),
     403: OpenApiResponse(s.ErrorOutput, description="Credentials not valid for this execution or action."),
 }
+# ``services.coerce_request_id`` refuses anything else with a 400.
+REQUEST_ID = OpenApiParameter("request_id", OpenApiTypes.UUID, OpenApiParameter.PATH)
 WRITE_ERRORS = {
     **ERRORS,
     429: OpenApiResponse(s.ErrorOutput, description="Rate limited; see the Retry-After header."),
@@ -132,6 +134,7 @@ class RequestListCreateView(BaseAPIView):
 class RequestDetailView(BaseAPIView):
     @extend_schema(
         operation_id="human_input_requests_retrieve",
+        parameters=[REQUEST_ID],
         responses={200: s.RequestOutput, 404: s.ErrorOutput, **ERRORS},
     )
     def get(self, request: Request, request_id: str) -> Response:
@@ -143,6 +146,7 @@ class RequestRespondView(BaseAPIView):
 
     @extend_schema(
         operation_id="human_input_requests_respond",
+        parameters=[REQUEST_ID],
         request=s.RespondInput,
         responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **WRITE_ERRORS},
         description="Answer a pending request. The first answer wins; later ones get 409.",
@@ -167,6 +171,7 @@ class RequestCancelView(BaseAPIView):
 
     @extend_schema(
         operation_id="human_input_requests_cancel",
+        parameters=[REQUEST_ID],
         request=s.CancelInput,
         responses={200: s.RequestOutput, 404: s.ErrorOutput, 409: s.ConflictOutput, **WRITE_ERRORS},
         description="Withdraw a pending request (`human_input_cancelled`); 409 if it is no longer pending.",
@@ -195,15 +200,34 @@ class TokenCreateView(BaseAPIView):
         require_full_access(request.auth)
         data = s.TokenInput(data=request.data)
         data.is_valid(raise_exception=True)
-        token, expires = issue_token(
+        token, record = services.token_issue(
             execution_id=data.validated_data["execution_id"],
             scope=data.validated_data["scope"],
             ttl_seconds=data.validated_data.get("ttl_seconds"),
+            issued_by=request.auth.name,
         )
         body = {
             "token": token,
-            "execution_id": data.validated_data["execution_id"],
-            "scope": data.validated_data["scope"],
-            "expires_at": datetime.fromtimestamp(expires, tz=UTC),
+            "token_id": record.token_id,
+            "execution_id": record.execution_id,
+            "scope": record.scope,
+            "expires_at": record.expires_at,
         }
         return Response(s.TokenOutput(body).data, status=201)
+
+
+class TokenRevokeView(BaseAPIView):
+    throttle_classes = [TokenThrottle]
+
+    @extend_schema(
+        operation_id="tokens_revoke",
+        request=None,
+        responses={200: s.TokenRecordOutput, 404: s.ErrorOutput, **WRITE_ERRORS},
+        description="Revoke a scoped token before it expires: every transport refuses it from now on "
+        "and connections open with it close at their next catch-up (WebSocket 4401). Idempotent. "
+        "Needs the API key or a staff session.",
+    )
+    def post(self, request: Request, token_id: str) -> Response:
+        require_full_access(request.auth)
+        record = services.token_revoke(token_id=token_id, revoked_by=request.auth.name)
+        return Response(s.TokenRecordOutput(record).data)

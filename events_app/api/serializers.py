@@ -17,7 +17,7 @@ from ..auth import SCOPES
 from ..conf import humaninput_settings
 from ..exceptions import InvalidExecutionId, InvalidParameter
 from ..log import validate_execution_id
-from ..models import HumanInputRequest, RequestStatus
+from ..models import HumanInputRequest, RequestStatus, ScopedToken
 from ..services import validate_text
 
 
@@ -229,9 +229,25 @@ class TokenInput(StrictSerializer):
 
 class TokenOutput(serializers.Serializer):
     token = serializers.CharField()
+    token_id = serializers.CharField(help_text="What `responded_by` and revocation name this token by.")
     execution_id = serializers.CharField()
     scope = serializers.ChoiceField(choices=SCOPES)
     expires_at = serializers.DateTimeField()
+
+
+class TokenRecordOutput(serializers.ModelSerializer):
+    class Meta:
+        model = ScopedToken
+        fields = [
+            "token_id",
+            "execution_id",
+            "scope",
+            "issued_by",
+            "issued_at",
+            "expires_at",
+            "revoked_at",
+            "revoked_by",
+        ]
 
 
 class PollOutput(serializers.Serializer):

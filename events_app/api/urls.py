@@ -7,6 +7,7 @@ from .requests import (
     RequestListCreateView,
     RequestRespondView,
     TokenCreateView,
+    TokenRevokeView,
 )
 from .views import HealthView, PollView
 
@@ -30,6 +31,7 @@ urlpatterns = [
         name="humaninput-request-cancel",
     ),
     path("api/tokens", TokenCreateView.as_view(), name="humaninput-tokens"),
+    path("api/tokens/<str:token_id>/revoke", TokenRevokeView.as_view(), name="humaninput-token-revoke"),
     path("api/schema/", SpectacularAPIView.as_view(), name="humaninput-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="humaninput-schema"), name="humaninput-docs"),
 ]

@@ -86,7 +86,11 @@ class PollView(APIView):
         else:
             after = await aresolve_cursor(execution_id=execution_id, cursor=cursor)
             async with ExecutionSubscription(
-                execution_id=execution_id, after_sequence=after, transport="poll", max_read=limit
+                execution_id=execution_id,
+                after_sequence=after,
+                transport="poll",
+                max_read=limit,
+                token_id=request.auth.token_id,
             ) as subscription:
                 events = await subscription.read_log() or await subscription.next_events(wait)
         if events:
