@@ -487,3 +487,77 @@ def test_admin_cannot_delete(admin_client, pending, target):
     url = reverse(f"admin:events_app_{obj._meta.model_name}_delete", args=[obj.pk])
     assert admin_client.post(url, {"post": "yes"}).status_code == 403
     assert HumanInputEvent.objects.filter(request=pending).exists()
+
+
+# --- tokens: the audit trail and revocation ------------------------------------------
+
+
+def revoke_selected(client, *tokens):
+    return client.post(
+        changelist_url("scopedtoken"),
+        {"action": "revoke_selected", "_selected_action": [token.pk for token in tokens]},
+        follow=True,
+    )
+
+
+def test_an_answer_given_with_a_token_links_to_that_token(admin_client, pending):
+    _, record = services.token_issue(execution_id=pending.execution_id, scope="respond", issued_by="api-key")
+    services.request_respond(request_id=pending.id, response="yes", responded_by=f"token:{record.token_id}")
+    token_page = reverse("admin:events_app_scopedtoken_change", args=[record.token_id])
+    for page in (admin_client.get(changelist_url()), admin_client.get(change_url(pending))):
+        assert f'<a href="{token_page}">token:{record.token_id}</a>' in page.content.decode()
+
+
+def test_an_answer_given_in_the_admin_names_the_user_without_a_link(admin_client, pending):
+    admin_client.post(answer_url(pending), {"response": "yes"})
+    page = admin_client.get(change_url(pending)).content.decode()
+    assert "user:admin" in page
+    assert "/scopedtoken/" not in page.split('id="content"', 1)[1]
+
+
+def test_token_changelist_shows_who_issued_each_token_and_filters_revoked(admin_client, execution_id):
+    _, kept = services.token_issue(execution_id=execution_id, scope="read", issued_by="user:alice")
+    _, revoked = services.token_issue(execution_id=execution_id, scope="respond", issued_by="api-key")
+    services.token_revoke(token_id=revoked.token_id, revoked_by="api-key")
+    page = admin_client.get(changelist_url("scopedtoken"))
+    assert {token.pk for token in listed(page)} >= {kept.pk, revoked.pk}
+    assert "user:alice" in page.content.decode()
+    only_revoked = listed(admin_client.get(changelist_url("scopedtoken") + "?revoked_at__isempty=0"))
+    assert [token.pk for token in only_revoked] == [revoked.pk]
+
+
+def test_token_search_by_token_id_finds_that_token(admin_client, execution_id):
+    _, wanted = services.token_issue(execution_id=execution_id, scope="read")
+    services.token_issue(execution_id=execution_id, scope="read")
+    found = listed(admin_client.get(changelist_url("scopedtoken") + "?" + urlencode({"q": wanted.token_id})))
+    assert [token.pk for token in found] == [wanted.pk]
+
+
+def test_revoke_action_revokes_the_selected_tokens_as_the_admin_user(admin_client, execution_id):
+    _, first = services.token_issue(execution_id=execution_id, scope="read")
+    _, second = services.token_issue(execution_id=execution_id, scope="read")
+    _, untouched = services.token_issue(execution_id=execution_id, scope="read")
+    response = revoke_selected(admin_client, first, second)
+    assert messages_of(response) == ["Revoked 2 tokens."]
+    for token in (first, second, untouched):
+        token.refresh_from_db()
+    assert (first.revoked_by, second.revoked_by) == ("user:admin", "user:admin")
+    assert untouched.revoked_at is None
+
+
+def test_token_records_cannot_be_edited_or_deleted_in_the_admin(admin_client, execution_id):
+    _, record = services.token_issue(execution_id=execution_id, scope="read")
+    page = admin_client.get(change_url(record)).content.decode()
+    assert 'name="execution_id"' not in page
+    delete_url = reverse("admin:events_app_scopedtoken_delete", args=[record.pk])
+    assert admin_client.post(delete_url).status_code == 403
+
+
+def test_staff_without_change_permission_is_not_offered_the_revoke_action(client, execution_id):
+    viewer = User.objects.create_user("viewer2", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_scopedtoken"))
+    services.token_issue(execution_id=execution_id, scope="read")
+    client.force_login(viewer)
+    response = client.get(changelist_url("scopedtoken"))
+    assert response.status_code == 200
+    assert "revoke_selected" not in response.content.decode()
