@@ -422,8 +422,12 @@ class HumanInputClient:
                             elif line == "" and data:
                                 event = json.loads("\n".join(data))
                                 data = []
-                                if isinstance(event, dict) and event.get("type") != "heartbeat":
-                                    yield event
+                                if not isinstance(event, dict) or event.get("type") == "heartbeat":
+                                    continue
+                                if event.get("type") == "error":
+                                    # The server ends the stream after it (a revoked token).
+                                    raise _error_for(401, event)
+                                yield event
                     except (httpx.HTTPError, OSError) as error:
                         raise _Disconnected(str(error)) from error
         except (httpx.ConnectError, httpx.ConnectTimeout, OSError) as error:

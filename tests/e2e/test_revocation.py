@@ -14,6 +14,8 @@ import time
 import httpx
 import pytest
 
+from events_app.client import AuthenticationFailed, HumanInputClient
+
 from .conftest import DEADLINE, bearer, poll, running_server, sse_connect, ws_close_code, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -210,3 +212,24 @@ async def test_an_answer_records_the_token_that_gave_it(revoking_server, admin_a
         )
     assert answered.status_code == 200
     assert answered.json()["responded_by"] == f"token:{minted['token_id']}"
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
+async def test_the_python_client_stops_with_an_authentication_error_when_its_token_is_revoked(
+    revoking_server, admin_api, execution_id, transport
+):
+    """Not retried forever, and the error message is never handed out as an event."""
+    minted = await mint(admin_api, execution_id, "read")
+    client = HumanInputClient(
+        revoking_server.http_url, token=minted["token"], transports=(transport,), poll_wait=30
+    )
+    request = (
+        await admin_api.post("/api/human-input/requests", json={"execution_id": execution_id, "prompt": "?"})
+    ).json()
+    events = client.subscribe(execution_id)
+    assert (await asyncio.wait_for(anext(events), DEADLINE))["request_id"] == request["id"]
+    await revoke(admin_api, minted["token_id"])
+    with pytest.raises(AuthenticationFailed) as raised:
+        await asyncio.wait_for(anext(events), CLOSED_WITHIN)
+    await events.aclose()
+    assert raised.value.status in {401, 4401}
