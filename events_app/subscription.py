@@ -121,75 +121,68 @@ class GroupListener:
             return None
 
 
-class LogHeads:
-    """The last sequence of every execution followed on one event loop, read for all at once.
+class SharedRead:
+    """Something about every key (execution, token) followed on one event loop, read for all at once.
 
-    Heads are re-read when a caller finds them older than ``max_age`` (a fifth
-    of the catch-up interval), by one caller while the others wait for the
-    same read; so a missed doorbell is still found within about 1.2 catch-up
-    intervals, at one query per ``max_age`` for the whole process.
+    The value is re-read when a caller finds it older than ``max_age`` (a
+    fifth of the catch-up interval) or not covering its key, by one caller
+    while the others wait for that read; so what each subscriber checks at
+    its catch-up is at most ``max_age`` old, for one query per ``max_age``
+    for the whole process.
     """
 
     def __init__(self) -> None:
         self.followed: Counter[str] = Counter()
-        self.heads: dict[str, int] = {}
-        self._read_for: frozenset[str] = frozenset()  # the executions the last read covered
+        self.value: Any = None
+        self._read_for: frozenset[str] = frozenset()  # the keys the last read covered
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
 
-    def follow(self, execution_id: str) -> None:
-        self.followed[execution_id] += 1
+    def follow(self, key: str) -> None:
+        self.followed[key] += 1
 
-    def unfollow(self, execution_id: str) -> None:
-        self.followed[execution_id] -= 1
-        if self.followed[execution_id] <= 0:
-            del self.followed[execution_id]
+    def unfollow(self, key: str) -> None:
+        self.followed[key] -= 1
+        if self.followed[key] <= 0:
+            del self.followed[key]
+
+    async def read(self, keys: list[str]) -> Any:
+        """Called to read the value for ``keys`` (every key followed)."""
+        raise NotImplementedError
+
+    async def fresh(self, key: str) -> Any:
+        """The value, read again first if it is stale or does not cover ``key``."""
+        loop = asyncio.get_running_loop()
+        max_age = humaninput_settings.CATCHUP_SECONDS / 5
+        async with self._lock:
+            if loop.time() - self._read_at >= max_age or key not in self._read_for:
+                started, followed = loop.time(), list(self.followed)
+                self.value = await self.read(followed)
+                self._read_for, self._read_at = frozenset(followed), started
+        return self.value
+
+
+class LogHeads(SharedRead):
+    """The last sequence of every followed execution: a missed doorbell is found
+    within about 1.2 catch-up intervals."""
+
+    async def read(self, keys: list[str]) -> dict[str, int]:
+        return await alog_heads(execution_ids=keys)
 
     async def is_behind(self, execution_id: str, position: int) -> bool:
         """Whether the log of ``execution_id`` has events past ``position``."""
-        loop = asyncio.get_running_loop()
-        max_age = humaninput_settings.CATCHUP_SECONDS / 5
-        async with self._lock:
-            if loop.time() - self._read_at >= max_age or execution_id not in self._read_for:
-                started, followed = loop.time(), list(self.followed)
-                self.heads = await alog_heads(execution_ids=followed)
-                self._read_for, self._read_at = frozenset(followed), started
-        return self.heads.get(execution_id, 0) > position
+        return (await self.fresh(execution_id)).get(execution_id, 0) > position
 
 
-class Revocations:
-    """Which tokens of the connections open on one event loop have been revoked, read for all at once.
+class Revocations(SharedRead):
+    """Which tokens of the open connections are revoked: each subscriber learns of its
+    token's revocation at its next catch-up, within about 1.2 catch-up intervals."""
 
-    Like ``LogHeads``: re-read by one caller when older than a fifth of the
-    catch-up interval, so each subscriber finds its token revoked at its next
-    catch-up (within about 1.2 intervals of the revocation) for one query per
-    period for the whole process.
-    """
-
-    def __init__(self) -> None:
-        self.followed: Counter[str] = Counter()
-        self.revoked: set[str] = set()
-        self._read_for: frozenset[str] = frozenset()
-        self._read_at = float("-inf")
-        self._lock = asyncio.Lock()
-
-    def follow(self, token_id: str) -> None:
-        self.followed[token_id] += 1
-
-    def unfollow(self, token_id: str) -> None:
-        self.followed[token_id] -= 1
-        if self.followed[token_id] <= 0:
-            del self.followed[token_id]
+    async def read(self, keys: list[str]) -> set[str]:
+        return await arevoked_token_ids(keys)
 
     async def is_revoked(self, token_id: str) -> bool:
-        loop = asyncio.get_running_loop()
-        max_age = humaninput_settings.CATCHUP_SECONDS / 5
-        async with self._lock:
-            if loop.time() - self._read_at >= max_age or token_id not in self._read_for:
-                started, followed = loop.time(), list(self.followed)
-                self.revoked = await arevoked_token_ids(followed)
-                self._read_for, self._read_at = frozenset(followed), started
-        return token_id in self.revoked
+        return token_id in await self.fresh(token_id)
 
 
 _per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[LogHeads, Revocations]] = (
