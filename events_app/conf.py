@@ -28,6 +28,8 @@ class Option:
     kind: type
     minimum: float | None = None
     maximum: float | None = None
+    # None (or "" from the environment) is allowed and means "off".
+    optional: bool = False
 
 
 OPTIONS: dict[str, Option] = {
@@ -62,6 +64,9 @@ OPTIONS: dict[str, Option] = {
     # How often each server process expires overdue requests; 0 turns the
     # in-process scheduler off (run `manage.py humaninput_expire` instead).
     "EXPIRY_INTERVAL_SECONDS": Option(1.0, float, 0, 3600),
+    # `manage.py humaninput_prune` without --older-than deletes executions that
+    # finished more than this many days ago; None (the default) keeps everything.
+    "RETENTION_DAYS": Option(None, int, 1, 36500, optional=True),
     # DRF throttle rates ("600/min"; empty disables) and the cache they count in.
     "THROTTLE_WRITE_RATE": Option("600/min", str),
     "THROTTLE_TOKEN_RATE": Option("60/min", str),
@@ -85,6 +90,8 @@ class HumanInputSettings:
     @staticmethod
     def _resolve(name: str, option: Option) -> Any:
         raw = getattr(settings, PREFIX + name, option.default)
+        if option.optional and (raw is None or raw == ""):
+            return None
         if option.kind is bool:
             return _as_bool(name, raw)
         if option.kind is str:
