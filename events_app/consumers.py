@@ -152,7 +152,7 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
             await self._respond(message)
         else:
             raise UnknownMessageType(
-                f"Unknown message type {kind!r}." if isinstance(kind, str) else "Missing message type."
+                f"Unknown message type {kind[:100]!r}." if isinstance(kind, str) else "Missing message type."
             )
 
     async def _respond(self, message: dict[str, Any]) -> None:

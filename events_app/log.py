@@ -40,8 +40,20 @@ def parse_cursor(value: str | None) -> uuid.UUID | None:
     """
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not CURSOR_RE.fullmatch(value):
+    uuid_value = parse_uuid_text(value)
+    if uuid_value is None:
         raise InvalidCursor()
+    return uuid_value
+
+
+def parse_uuid_text(value: Any) -> uuid.UUID | None:
+    """``value`` as a UUID if it is one in the canonical form or as 32 hex digits, else None.
+
+    Stricter than ``uuid.UUID``, which also takes braces, a ``urn:uuid:``
+    prefix, odd hyphenation and non-ASCII digits: an id is one spelling.
+    """
+    if not isinstance(value, str) or not CURSOR_RE.fullmatch(value):
+        return None
     return uuid.UUID(value)
 
 

@@ -26,7 +26,7 @@ from .auth import issue_token
 from .conf import humaninput_settings
 from .events import build_payload
 from .exceptions import AlreadyAnswered, AlreadyResolved, InvalidParameter, NotFound
-from .log import validate_execution_id
+from .log import parse_uuid_text, validate_execution_id
 from .metrics import EVENTS_WRITTEN
 from .models import (
     EventType,
@@ -123,10 +123,10 @@ def coerce_request_id(value: Any) -> uuid.UUID:
         return value
     if not isinstance(value, str):
         raise InvalidParameter("request_id must be a UUID string.", field="request_id")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidParameter("request_id must be a UUID.", field="request_id") from None
+    request_id = parse_uuid_text(value)
+    if request_id is None:
+        raise InvalidParameter("request_id must be a UUID.", field="request_id")
+    return request_id
 
 
 def request_create(

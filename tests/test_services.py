@@ -374,3 +374,23 @@ def test_concurrent_answers_have_exactly_one_winner(execution_id):
         thread.join(timeout=60)
     assert sorted(outcomes) == ["refused"] * (contenders - 1) + ["won"]
     assert [e.type for e in events_of(execution_id)] == [EventType.REQUIRED, EventType.COMPLETED]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda value: f"{{{value}}}",
+        lambda value: value.urn,
+        lambda value: f" {value} ",
+        lambda value: str(value).translate(str.maketrans("0123456789", "０１２３４５６７８９")),  # noqa: RUF001
+        lambda value: str(value).replace("-", "")[:-1],
+    ],
+    ids=["braces", "urn", "spaces", "fullwidth-digits", "31-hex-digits"],
+)
+def test_a_request_id_has_one_spelling(spelling):
+    """What ``uuid.UUID`` would also take is refused, as cursors are: an id is written one way."""
+    value = uuid.uuid4()
+    with pytest.raises(InvalidParameter):
+        services.coerce_request_id(spelling(value))
+    assert services.coerce_request_id(str(value).upper()) == value
+    assert services.coerce_request_id(value.hex) == value
