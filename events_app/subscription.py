@@ -53,14 +53,15 @@ class GroupListener:
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._receiver: asyncio.Task[None] | None = None
         self._memberships: list[str] = []
+        self._left = False
 
     @property
     def joined(self) -> bool:
         return self.channel is not None
 
     async def join(self) -> bool:
-        """Join the group (again, after a layer failure); False if the layer is unavailable."""
-        if self.layer is None or self.channel is not None:
+        """Join the group (again, after a layer failure); False if the layer is unavailable or left."""
+        if self.layer is None or self.channel is not None or self._left:
             return self.channel is not None
         try:
             # The layer's default prefix on purpose: channels_redis serves every
@@ -102,21 +103,31 @@ class GroupListener:
         depends on it any more.
         """
         memberships, self._memberships = self._memberships, []
-        self.channel = None
-        for channel in memberships:
-            try:
-                await asyncio.shield(self.layer.group_discard(self.group, channel))
-            except Exception as error:
-                logger.warning("could not leave group %s: %r", self.group, error)
+        self.channel, self._left = None, True
         receiver, self._receiver = self._receiver, None
-        if receiver is not None:
-            receiver.cancel()
-            await asyncio.wait({receiver}, timeout=1.0)
+        try:
+            for channel in memberships:
+                try:
+                    await asyncio.shield(self.layer.group_discard(self.group, channel))
+                except Exception as error:
+                    logger.warning("could not leave group %s: %r", self.group, error)
+        finally:
+            # Even when a second cancellation (daphne repeats them) lands above:
+            # a receiver left running keeps its channel subscribed in Redis.
+            if receiver is not None:
+                receiver.cancel()
+                await asyncio.wait({receiver}, timeout=1.0)
 
     async def receive(self, wait: float) -> dict[str, Any] | None:
-        """The next message, or None after ``wait`` seconds."""
+        """The next message, or None after ``wait`` seconds.
+
+        ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` can
+        swallow a cancellation that arrives as the message does (CPython
+        gh-86296), and the subscriber's task would outlive its client.
+        """
         try:
-            return await asyncio.wait_for(self.messages.get(), timeout=wait)
+            async with asyncio.timeout(wait):
+                return await self.messages.get()
         except TimeoutError:
             return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from typing import Any
 
 from adrf.views import APIView
@@ -106,16 +107,39 @@ def _check_database() -> None:
         cursor.fetchone()
 
 
+class _HealthChannel:
+    """One channel per layer that every health check of the process sends itself a message on.
+
+    A new channel per check would leak: the pub/sub layer unsubscribes a
+    channel only when a ``receive`` on it is cancelled. The lock keeps two
+    concurrent checks from reading each other's message.
+    """
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.name: str | None = None
+
+
+_health_channels: weakref.WeakKeyDictionary[Any, _HealthChannel] = weakref.WeakKeyDictionary()
+
+
 async def _check_channel_layer() -> None:
     layer: Any = get_channel_layer()
     if layer is None:
         raise RuntimeError("no channel layer configured")
-    channel = await layer.new_channel()
-    token = uuid.uuid4().hex
-    await layer.send(channel, {"type": "health.check", "token": token})
-    message = await layer.receive(channel)
-    if message.get("token") != token:
-        raise RuntimeError("channel layer returned a different message")
+    health = _health_channels.setdefault(layer, _HealthChannel())
+    async with health.lock:
+        if health.name is None:
+            health.name = await layer.new_channel()
+        token = uuid.uuid4().hex
+        try:
+            await layer.send(health.name, {"type": "health.check", "token": token})
+            while (await layer.receive(health.name)).get("token") != token:
+                continue  # a check that failed earlier left its message behind
+        except BaseException:
+            # A cancelled receive unsubscribes the channel (pub/sub): start afresh next time.
+            health.name = None
+            raise
 
 
 class HealthView(APIView):
