@@ -45,4 +45,3 @@ def test_check_deploy_fails_without_https_settings() -> None:
     result = check_deploy(production_environment(DJANGO_HTTPS="0"))
     assert result.returncode != 0
     assert "SECURE_SSL_REDIRECT" in result.stderr + result.stdout
-
