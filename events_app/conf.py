@@ -52,6 +52,11 @@ OPTIONS: dict[str, Option] = {
     "POLL_MAX_LIMIT": Option(1000, int, 1, 100_000),
     # Largest client WebSocket message the consumer will parse.
     "WS_MAX_MESSAGE_BYTES": Option(65536, int, 1, 64 * 1024 * 1024),
+    # Output a connection may hold unsent before its sender waits for the
+    # client to read; a client still that far behind after the timeout is
+    # dropped (it resumes from its cursor). See events_app.backpressure.
+    "MAX_CLIENT_BUFFER_BYTES": Option(1024 * 1024, int, 1024, 1024 * 1024 * 1024),
+    "SLOW_CLIENT_TIMEOUT_SECONDS": Option(10.0, float, 0.01, 3600),
     # A group_send that takes longer than this is abandoned (and counted).
     "PUBLISH_TIMEOUT_SECONDS": Option(2.0, float, 0.01, 60),
     # Scoped tokens: lifetime when none is asked for, and the longest allowed.

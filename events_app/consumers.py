@@ -117,7 +117,12 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
                 logger.exception("reading the log failed for %s", self.execution_id)
                 await asyncio.sleep(humaninput_settings.CATCHUP_SECONDS)
                 continue
-            await self._send_events(events)
+            try:
+                await self._send_events(events)
+            except Exception:
+                logger.exception("sending to a WebSocket of %s failed; closing it", self.execution_id)
+                await self.close(code=1011)  # the client resumes from its cursor
+                return
 
     async def _send_events(self, events: list[Payload]) -> None:
         for payload in events:

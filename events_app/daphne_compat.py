@@ -1,4 +1,4 @@
-"""Two fixes to daphne's defaults: 1009 for oversized messages, no tokens in access logs.
+"""Fixes to daphne's defaults: 1009 for oversized messages, close codes that arrive, no tokens in logs.
 
 Daphne hands its size limits to autobahn, whose default on a violation is to
 drop the TCP connection without a close frame (``failByDrop``): the client
@@ -7,7 +7,24 @@ cannot send 1009 from a consumer either (autobahn only lets applications use
 1000 and 3000-4999). So before daphne builds its WebSocket factory we make
 the protocol fail politely, and cap the message and frame size at
 ``HUMANINPUT_WS_MAX_MESSAGE_BYTES`` whatever daphne's own flags say (a
-smaller daphne limit wins).
+smaller daphne limit wins). Autobahn also refuses to *send* a message over
+that cap, which would silence a subscriber at the first event larger than
+it (a 40 KB prompt with a 30 KB context): the cap is made to apply to what
+clients send only. The same call applies ``backpressure``'s bound on what
+each connection (HTTP streams too) may leave unsent.
+
+Autobahn (since 21.x) raises ``Disconnected`` on a send once the closing
+handshake has begun, where daphne expects the send to be dropped: a reply to
+a client that has just closed (or sent an oversized frame) killed the
+consumer with "Exception inside application", before its ``disconnect``
+could give back its subscription. Such sends are dropped again.
+
+When a client does not answer the server's close frame within a second,
+autobahn resets the connection, and a reset makes the client's kernel
+discard what the client has not read yet: a client slower than that (a busy
+one, a far one) got a reset instead of the 101 and the close code (4401 for
+a bad token) already sent to it. With nothing of ours left unsent, the
+connection is now closed in order instead (FIN), so what was sent arrives.
 
 Daphne's access log prints each request's path with its query string, and
 browsers can only pass a token as ``?token=``; ``mask_access_log_tokens``
@@ -22,6 +39,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .backpressure import bound_client_buffers, socket_transport, unsent_bytes
 from .conf import humaninput_settings
 
 _PATCHED = "_humaninput_limits"
@@ -34,14 +52,17 @@ def mask_tokens(path: str) -> str:
 
 
 def enforce_websocket_limits() -> None:
-    """Patch daphne's ``WebSocketFactory.setProtocolOptions``; safe to call twice."""
+    """Patch daphne's ``WebSocketFactory`` and ``WebSocketProtocol`` as the module docstring says,
+    and bound client buffers; safe to call twice."""
     try:
-        from daphne.ws_protocol import WebSocketFactory
+        from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # another ASGI server: it enforces its own limits
         return
+    bound_client_buffers()
     if getattr(WebSocketFactory, _PATCHED, False):
         return
     original = WebSocketFactory.setProtocolOptions
+    original_send = WebSocketProtocol.sendMessage
 
     def set_protocol_options(self: Any, *args: Any, **options: Any) -> None:
         limit = humaninput_settings.WS_MAX_MESSAGE_BYTES
@@ -51,7 +72,38 @@ def enforce_websocket_limits() -> None:
         options["failByDrop"] = False
         original(self, *args, **options)
 
+    def send_message(self: Any, payload: bytes, *args: Any, **kwargs: Any) -> None:
+        # The reactor runs one call at a time: no received frame is checked meanwhile.
+        limit, self.maxMessagePayloadSize = self.maxMessagePayloadSize, 0
+        try:
+            original_send(self, payload, *args, **kwargs)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    original_server_send = WebSocketProtocol.serverSend
+
+    def server_send(self: Any, content: Any, binary: bool = False) -> None:
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            return  # the client is going or gone; its consumer hears of it in websocket.disconnect
+        original_server_send(self, content, binary)
+
+    original_close_timeout = WebSocketProtocol.onCloseHandshakeTimeout
+
+    def close_handshake_timeout(self: Any) -> None:
+        transport = socket_transport(self.transport)
+        if transport is None or unsent_bytes(transport) or self.state == self.STATE_CLOSED:
+            original_close_timeout(self)  # a reset: what is still ours to send is dropped
+            return
+        self.closeHandshakeTimeoutCall = None
+        self.wasClean = False
+        self.wasNotCleanReason = "WebSocket closing handshake timeout"
+        self.wasCloseHandshakeTimeout = True
+        self.dropConnection(abort=False)  # a FIN after what the kernel still holds
+
     WebSocketFactory.setProtocolOptions = set_protocol_options
+    WebSocketProtocol.serverSend = server_send
+    WebSocketProtocol.onCloseHandshakeTimeout = close_handshake_timeout
+    WebSocketProtocol.sendMessage = send_message
     setattr(WebSocketFactory, _PATCHED, True)
 
 

@@ -13,9 +13,12 @@ for the scraper's configuration.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -58,6 +61,11 @@ EVENTS_DELIVERED = Counter(
     "Events handed to a subscriber, by transport and by what brought them (doorbell or log read).",
     ["transport", "via"],
 )
+SLOW_CLIENTS_DROPPED = Counter(
+    "humaninput_slow_clients_dropped",
+    "Connections dropped because their client stopped reading (see events_app.backpressure).",
+    ["transport"],
+)
 PUBLISH_DELIVER_SECONDS = Histogram(
     "humaninput_publish_deliver_seconds",
     "From the doorbell's publish to the event being handed to a subscriber's transport.",
@@ -72,6 +80,8 @@ for _found in ("yes", "no"):
     CATCHUP_READS.labels(_found)
 for _transport in ("ws", "sse", "poll", "inbox"):
     SUBSCRIBERS.labels(_transport)
+for _transport in ("http", "ws"):
+    SLOW_CLIENTS_DROPPED.labels(_transport)
 for _transport in ("ws", "sse", "poll"):
     PUBLISH_DELIVER_SECONDS.labels(_transport)
     for _via in ("doorbell", "log"):
@@ -98,6 +108,56 @@ class PendingRequestsCollector(Collector):
 
 
 REGISTRY.register(PendingRequestsCollector())
+
+
+def _event_loop_counts() -> tuple[int, int | None]:
+    """(asyncio tasks of the running loop, channels in in-memory layer groups or None)."""
+    layer = get_channel_layer()
+    members = None
+    if isinstance(layer, InMemoryChannelLayer):
+        members = sum(len(channels) for channels in layer.groups.values())
+    return len(asyncio.all_tasks()), members
+
+
+async def _aevent_loop_counts() -> tuple[int, int | None]:
+    return _event_loop_counts()
+
+
+class EventLoopCollector(Collector):
+    """What a leak would grow, read on the server's event loop when scraped.
+
+    ``humaninput_asyncio_tasks``: every subscriber, stream and long poll runs
+    as tasks, so after its clients have gone this returns to its idle level.
+    ``humaninput_channel_layer_group_members``: memberships held by the
+    in-memory channel layer (embedded mode; with Redis, Redis holds them).
+    The scrape runs in a worker thread; the count is taken on the loop.
+    """
+
+    TASKS = ("humaninput_asyncio_tasks", "Pending asyncio tasks of this process's event loop.")
+    MEMBERS = ("humaninput_channel_layer_group_members", "Channels in groups of the in-memory channel layer.")
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(*self.TASKS)
+        yield GaugeMetricFamily(*self.MEMBERS)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            read = async_to_sync(_aevent_loop_counts)
+        else:
+            read = _event_loop_counts  # called on the loop itself (in-process tests)
+        try:
+            tasks, members = read()
+        except Exception as error:
+            logger.warning("metrics: could not count the event loop's tasks: %r", error)
+            return
+        yield GaugeMetricFamily(*self.TASKS, value=tasks)
+        if members is not None:
+            yield GaugeMetricFamily(*self.MEMBERS, value=members)
+
+
+REGISTRY.register(EventLoopCollector())
 
 
 @require_GET
