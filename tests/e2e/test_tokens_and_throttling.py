@@ -68,7 +68,7 @@ async def test_minting_returns_201_with_token_execution_scope_and_expiry(api, ex
     response = await api.post("/api/tokens", json={"execution_id": execution_id, "scope": "respond"})
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"token", "execution_id", "scope", "expires_at"}
+    assert set(body) == {"token", "token_id", "execution_id", "scope", "expires_at"}
     assert body["execution_id"] == execution_id
     assert body["scope"] == "respond"
     assert isinstance(body["token"], str)
