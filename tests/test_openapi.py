@@ -15,6 +15,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from events_app.auth import issue_token
+from events_app.conf import humaninput_settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -202,3 +203,136 @@ def test_real_response_matches_the_schema(openapi, api, execution_id, path, meth
     response = make(api, execution_id)
     assert response.status_code == status, response.content
     assert schema_errors(openapi, path, method, response) == []
+
+
+# --- the schema admits exactly what the server accepts -------------------------------
+#
+# Regressions found by schema fuzzing (tests/e2e/test_schema_fuzz.py): each row is an input,
+# whether the schema admits it, and the server's answer. The two must agree.
+
+
+def fragment_validator(openapi: dict[str, Any], *pointer: str) -> Draft202012Validator:
+    encoded = "/".join(part.replace("~", "~0").replace("/", "~1") for part in ("", *pointer))
+    registry = Registry().with_resource(
+        SCHEMA_URI, Resource.from_contents(openapi, default_specification=DRAFT202012)
+    )
+    return Draft202012Validator(
+        {"$ref": f"{SCHEMA_URI}#{quote(encoded, safe='/~')}"},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def parameter_validator(openapi: dict[str, Any], path: str, method: str, name: str) -> Draft202012Validator:
+    parameters = openapi["paths"][path][method]["parameters"]
+    index = next(i for i, parameter in enumerate(parameters) if parameter["name"] == name)
+    return fragment_validator(openapi, "paths", path, method, "parameters", str(index), "schema")
+
+
+def create_body(**fields: Any):
+    return lambda execution_id: {"execution_id": execution_id, "prompt": "Ship it?", **fields}
+
+
+def token_body(**fields: Any):
+    return lambda execution_id: {"execution_id": execution_id, "scope": "read", **fields}
+
+
+MAX_TIMEOUT = humaninput_settings.MAX_TIMEOUT_SECONDS
+MAX_TTL = humaninput_settings.TOKEN_MAX_TTL_SECONDS
+BODIES = {
+    "execution-id-off-pattern": (REQUESTS, lambda _: {"execution_id": "bad id", "prompt": "p"}, False, 400),
+    "blank-prompt": (REQUESTS, create_body(prompt=""), False, 400),
+    "nul-in-prompt": (REQUESTS, create_body(prompt="a\x00b"), False, 400),
+    "blank-context": (REQUESTS, create_body(context=""), True, 201),
+    "unknown-field": (REQUESTS, create_body(priority=1), False, 400),
+    "metadata-array": (REQUESTS, create_body(metadata=[1]), False, 400),
+    "metadata-nul-deep": (REQUESTS, create_body(metadata={"k": [{"x": "a\x00"}]}), False, 400),
+    "metadata-nested": (REQUESTS, create_body(metadata={"k": [1, {"x": None}], "": "é"}), True, 201),
+    "flag-name-with-nul": (REQUESTS, create_body(reason_flags={"a\x00": True}), False, 400),
+    "33-flags": (REQUESTS, create_body(reason_flags={f"f{i}": True for i in range(33)}), False, 400),
+    "timeout-over-max": (REQUESTS, create_body(timeout_seconds=MAX_TIMEOUT * 2), False, 400),
+    "token-ttl-integral-float": ("/api/tokens", token_body(ttl_seconds=60.0), True, 201),
+    "token-ttl-over-max": ("/api/tokens", token_body(ttl_seconds=MAX_TTL + 1), False, 400),
+    "token-blank-execution-id": ("/api/tokens", lambda _: {"execution_id": "", "scope": "read"}, False, 400),
+}
+
+
+@pytest.mark.parametrize(("path", "make_body", "admitted", "status"), BODIES.values(), ids=BODIES.keys())
+def test_schema_admits_a_body_exactly_when_the_server_accepts_it(
+    openapi, api, execution_id, path, make_body, admitted, status
+):
+    body = make_body(execution_id)
+    validator = fragment_validator(
+        openapi, "paths", path, "post", "requestBody", "content", "application/json", "schema"
+    )
+    assert validator.is_valid(body) is admitted
+    response = api.post(path, body, content_type="application/json")
+    assert response.status_code == status, response.content
+
+
+POLL = "/poll/human-input/{execution_id}"
+MAX_LIMIT = humaninput_settings.POLL_MAX_LIMIT
+# (path, parameter, the value as the schema types it, the query string sent, admitted, status)
+QUERIES = {
+    "list-empty-execution-id": (REQUESTS, "execution_id", "", {"execution_id": ""}, False, 400),
+    "list-empty-status": (REQUESTS, "status", "", {"status": ""}, False, 400),
+    "list-status-twice": (
+        REQUESTS,
+        "status",
+        ["pending", "expired"],
+        {"status": ["pending", "expired"]},
+        False,
+        400,
+    ),
+    "poll-limit-0": (POLL, "limit", 0, {"limit": "0"}, False, 400),
+    "poll-limit-max": (POLL, "limit", MAX_LIMIT, {"limit": str(MAX_LIMIT)}, True, 200),
+    "poll-limit-over-max": (POLL, "limit", MAX_LIMIT + 1, {"limit": str(MAX_LIMIT + 1)}, False, 400),
+    "poll-limit-empty": (POLL, "limit", "", {"limit": ""}, True, 200),
+    "poll-limit-twice": (POLL, "limit", [1, 5], {"limit": ["1", "5"]}, False, 400),
+    "poll-wait-over-max": (POLL, "wait", 1e6, {"wait": "1e6"}, False, 400),
+    "poll-cursor-empty": (POLL, "last_event_id", "", {"last_event_id": ""}, True, 200),
+    "poll-cursor-hex": (POLL, "last_event_id", "0" * 32, {"last_event_id": "0" * 32}, True, 200),
+    "poll-cursor-malformed": (
+        POLL,
+        "last_event_id",
+        "not-a-uuid",
+        {"last_event_id": "not-a-uuid"},
+        False,
+        400,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "name", "typed", "query", "admitted", "status"), QUERIES.values(), ids=QUERIES.keys()
+)
+def test_schema_admits_a_query_parameter_exactly_when_the_server_accepts_it(
+    openapi, api, execution_id, path, name, typed, query, admitted, status
+):
+    assert parameter_validator(openapi, path, "get", name).is_valid(typed) is admitted
+    response = api.get(path.format(execution_id=execution_id), query)
+    assert response.status_code == status, response.content
+
+
+@pytest.mark.parametrize("suffix", ["", "/respond", "/cancel"])
+@pytest.mark.parametrize(
+    ("request_id", "admitted", "status"), [("0", False, 400), (str(uuid.uuid4()), True, 404)]
+)
+def test_schema_admits_a_request_id_exactly_when_the_server_accepts_it(
+    openapi, api, suffix, request_id, admitted, status
+):
+    path, method = REQUESTS + "/{request_id}" + suffix, "post" if suffix else "get"
+    assert parameter_validator(openapi, path, method, "request_id").is_valid(request_id) is admitted
+    url = f"{REQUESTS}/{request_id}{suffix}"
+    response = api.post(url, {"response": "Yes"}, content_type="application/json") if suffix else api.get(url)
+    assert response.status_code == status, response.content
+
+
+def test_every_operation_that_can_answer_401_declares_the_credentials_it_takes(openapi):
+    undeclared = [
+        f"{method.upper()} {path}"
+        for path, operations in openapi["paths"].items()
+        for method, operation in operations.items()
+        if "401" in operation["responses"] and not operation.get("security", openapi.get("security"))
+    ]
+    assert undeclared == []

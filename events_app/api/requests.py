@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from .. import services
 from ..auth import READ, RESPOND, Principal, authorize
 from ..exceptions import AlreadyResolved, NotFound, PermissionDenied
+from ..http import query_value
 from ..models import HumanInputRequest
 from . import serializers as s
 from .authentication import HasPrincipal
@@ -113,7 +114,12 @@ class RequestListCreateView(BaseAPIView):
         description="Newest first, cursor-paginated. A scoped token must filter by its execution_id.",
     )
     def get(self, request: Request) -> Response:
-        filters = s.RequestListFilters(data=request.query_params)
+        # A plain dict: DRF reads an empty parameter of a QueryDict as absent, but
+        # `?execution_id=` is an invalid execution id (400), as on every other endpoint.
+        params = request.query_params
+        filters = s.RequestListFilters(
+            data={name: query_value(params, name) for name in ("execution_id", "status") if name in params}
+        )
         filters.is_valid(raise_exception=True)
         principal: Principal = request.auth
         execution_id = filters.validated_data.get("execution_id")

@@ -1,8 +1,14 @@
-"""OpenAPI additions drf-spectacular cannot infer: the SSE stream and the WebSocket."""
+"""OpenAPI additions drf-spectacular cannot infer: the SSE stream, the WebSocket, and the
+exact shapes of what ``log`` and the strict serializers accept."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
+from drf_spectacular.plumbing import ResolvedComponent
+
+from ..log import CURSOR_RE, EXECUTION_ID_RE
 
 WEBSOCKET_DESCRIPTION = """
 
@@ -14,11 +20,64 @@ execution id or cursor, 4401 bad or missing token, 4403 token not valid for this
 4404 unknown path, 1009 message over 64 KiB.
 """
 
-EXECUTION_ID = {
-    "name": "execution_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+# What ``log.validate_execution_id`` accepts, as a JSON Schema (ECMA) pattern.
+EXECUTION_ID_PATTERN = f"^{EXECUTION_ID_RE.pattern}$"
+EXECUTION_ID_SCHEMA = {"type": "string", "pattern": EXECUTION_ID_PATTERN}
+
+
+def or_empty(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's ``schema``, or empty (``?limit=``), which ``log`` reads as absent."""
+    return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
+
+
+# What ``log.parse_cursor`` accepts: an event_id (hyphenated or 32 hex digits), or empty for none.
+CURSOR_SCHEMA = {
+    "type": "string",
+    "pattern": f"^(?:{CURSOR_RE.pattern})?$",
+    "description": "The `event_id` of the last event held; empty or absent for the whole log.",
+}
+# Text PostgreSQL can store: no NUL character (``services.validate_text`` refuses it everywhere;
+# ``serializers.NO_NUL`` declares it for text fields, which are never empty there).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+STORABLE_JSON_REF = {"$ref": "#/components/schemas/StorableJSON"}
+STORABLE_JSON_OBJECT = {
+    "type": "object",
+    "propertyNames": {"pattern": NO_NUL_PATTERN},
+    "additionalProperties": STORABLE_JSON_REF,
+}
+STORABLE_JSON = {
+    "description": "Any finite JSON value without NUL characters.",
+    "anyOf": [
+        {"type": ["null", "boolean", "number"]},
+        {"type": "string", "pattern": NO_NUL_PATTERN},
+        {"type": "array", "items": STORABLE_JSON_REF},
+        STORABLE_JSON_OBJECT,
+    ],
+}
+# Either credential is enough: one security requirement each (OR), not one with both (AND).
+TOKEN_SECURITY = [{"bearer": []}, {"tokenQuery": []}]
+
+EXECUTION_ID = {"name": "execution_id", "in": "path", "required": True, "schema": EXECUTION_ID_SCHEMA}
+
+# One message of the stream, the way OpenAPI 3.2's `itemSchema` (and tools reading 3.1, such
+# as schemathesis) describe a `text/event-stream`: its fields, `data` being JSON text.
+SSE_MESSAGE = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid", "description": "The `event_id`; none on heartbeats."},
+        "event": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "properties": {"type": {"type": "string"}, "timestamp": {"type": "string"}},
+                "required": ["type", "timestamp"],
+            },
+        },
+    },
+    "required": ["data"],
 }
 
 
@@ -39,15 +98,16 @@ def add_stream_endpoints(
                 "with the `Last-Event-ID` header or `?last_event_id=`."
             ),
             "tags": ["events"],
+            "security": TOKEN_SECURITY,
             "parameters": [
                 EXECUTION_ID,
-                {"name": "last_event_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
-                {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string", "format": "uuid"}},
+                {"name": "last_event_id", "in": "query", "schema": CURSOR_SCHEMA},
+                {"name": "Last-Event-ID", "in": "header", "schema": CURSOR_SCHEMA},
             ],
             "responses": {
                 "200": {
                     "description": "An event stream.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": SSE_MESSAGE}},
                 },
                 "400": {"description": "Invalid execution id or cursor.", **error},
                 "401": {"description": "Missing or invalid credentials.", **error},
@@ -56,3 +116,27 @@ def add_stream_endpoints(
         }
     }
     return result
+
+
+class StrictSerializerScheme(OpenApiSerializerExtension):
+    """``StrictSerializer`` refuses fields it does not know: say so (``additionalProperties: false``)."""
+
+    target_class = "events_app.api.serializers.StrictSerializer"
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}
+
+
+class JSONObjectFieldScheme(OpenApiSerializerFieldExtension):
+    """``JSONObjectField``: an object of storable JSON (the ``StorableJSON`` component, recursive)."""
+
+    target_class = "events_app.api.serializers.JSONObjectField"
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        component = ResolvedComponent(
+            name="StorableJSON", type=ResolvedComponent.SCHEMA, object="StorableJSON", schema=STORABLE_JSON
+        )
+        auto_schema.registry.register_on_missing(component)
+        return STORABLE_JSON_OBJECT

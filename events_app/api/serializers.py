@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..auth import SCOPES
@@ -19,6 +21,7 @@ from ..exceptions import InvalidExecutionId, InvalidParameter
 from ..log import validate_execution_id
 from ..models import HumanInputRequest, RequestStatus, ScopedToken
 from ..services import validate_text
+from .schema import EXECUTION_ID_SCHEMA, NO_NUL_PATTERN
 
 
 def _utf8(value: str) -> bytes:
@@ -29,12 +32,21 @@ def _utf8(value: str) -> bytes:
         raise serializers.ValidationError("Must be valid Unicode text (no lone surrogates).") from None
 
 
+# ``validate_text`` refuses NUL first; this validator declares it, as the schema's pattern. It
+# needs one character: DRF passes "" by before validators (allow_blank decides), and the schema
+# offers "" as a branch of its own where blank is allowed.
+NO_NUL = RegexValidator(r"\A[^\x00]+\Z", "Must not contain NUL characters.")
+
+
 class StrictCharField(serializers.CharField):
     """A string and nothing else, at most ``MAX_TEXT_BYTES`` long; whitespace kept."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("trim_whitespace", False)
+        if not kwargs.get("allow_blank", False):
+            kwargs.setdefault("min_length", 1)  # so the schema says what "may not be blank" means
         super().__init__(**kwargs)
+        self.validators.append(NO_NUL)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -61,12 +73,17 @@ class StrictNumberField(serializers.FloatField):
 
 
 class StrictIntegerField(serializers.IntegerField):
+    """A JSON integer: as in JSON Schema, ``5.0`` is one too (Python parses it as a float)."""
+
     def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, float) and data.is_integer():
+            data = int(data)
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
 
 
+@extend_schema_field(EXECUTION_ID_SCHEMA)
 class ExecutionIdField(serializers.CharField):
     def to_internal_value(self, data: Any) -> str:
         try:
@@ -116,6 +133,21 @@ class StrictSerializer(serializers.Serializer):
         return value
 
 
+MAX_REASON_FLAGS, MAX_REASON_FLAG_NAME = 32, 64
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "boolean"},
+        "maxProperties": MAX_REASON_FLAGS,
+        "propertyNames": {"maxLength": MAX_REASON_FLAG_NAME, "pattern": NO_NUL_PATTERN},
+    }
+)
+class ReasonFlagsField(serializers.DictField):
+    """Named booleans; ``RequestCreateInput.validate_reason_flags`` enforces the bounds."""
+
+
 class RequestCreateInput(StrictSerializer):
     execution_id = ExecutionIdField()
     prompt = StrictCharField()
@@ -123,9 +155,15 @@ class RequestCreateInput(StrictSerializer):
     task_id = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
     agent_id = StrictCharField(required=False, allow_blank=True, max_length=255, default="")
     context = StrictCharField(required=False, allow_blank=True, default="")
-    reason_flags = serializers.DictField(child=StrictBooleanField(), required=False, default=dict)
+    reason_flags = ReasonFlagsField(child=StrictBooleanField(), required=False, default=dict)
     timeout_seconds = StrictNumberField(required=False, allow_null=True, default=None, min_value=0.001)
     metadata = JSONObjectField(required=False, default=dict)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        # For the schema (the current setting, per instance); validate_timeout_seconds enforces it.
+        fields["timeout_seconds"].max_value = humaninput_settings.MAX_TIMEOUT_SECONDS
+        return fields
 
     def validate_timeout_seconds(self, value: float | None) -> float | None:
         if value is not None and value > humaninput_settings.MAX_TIMEOUT_SECONDS:
@@ -135,8 +173,10 @@ class RequestCreateInput(StrictSerializer):
         return value
 
     def validate_reason_flags(self, value: dict[str, bool]) -> dict[str, bool]:
-        if len(value) > 32 or any(len(key) > 64 for key in value):
-            raise serializers.ValidationError("At most 32 flags with names of at most 64 characters.")
+        if len(value) > MAX_REASON_FLAGS or any(len(key) > MAX_REASON_FLAG_NAME for key in value):
+            raise serializers.ValidationError(
+                f"At most {MAX_REASON_FLAGS} flags with names of at most {MAX_REASON_FLAG_NAME} characters."
+            )
         for key in value:
             if "\x00" in key:
                 raise serializers.ValidationError("Flag names must not contain NUL characters.")
@@ -218,6 +258,12 @@ class TokenInput(StrictSerializer):
     execution_id = ExecutionIdField()
     scope = serializers.ChoiceField(choices=SCOPES)
     ttl_seconds = StrictIntegerField(required=False, min_value=1)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        # For the schema (the current setting, per instance); validate_ttl_seconds enforces it.
+        fields["ttl_seconds"].max_value = humaninput_settings.TOKEN_MAX_TTL_SECONDS
+        return fields
 
     def validate_ttl_seconds(self, value: int) -> int:
         if value > humaninput_settings.TOKEN_MAX_TTL_SECONDS:

@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from ..auth import READ, authorize
 from ..conf import humaninput_settings
 from ..events import format_timestamp
+from ..http import query_value
 from ..log import (
     aevents_after_cursor,
     aresolve_cursor,
@@ -29,6 +30,7 @@ from ..log import (
 )
 from ..subscription import ExecutionSubscription
 from .authentication import HasPrincipal
+from .schema import CURSOR_SCHEMA, EXECUTION_ID_SCHEMA, or_empty
 from .serializers import ErrorOutput, HealthOutput, PollOutput
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,21 @@ class PollView(APIView):
         operation_id="human_input_events_poll",
         tags=["events"],
         parameters=[
-            OpenApiParameter("execution_id", str, OpenApiParameter.PATH, pattern=r"^[A-Za-z0-9._:-]{1,128}$"),
-            OpenApiParameter("last_event_id", str, description="event_id of the last event held (UUID)"),
-            OpenApiParameter("limit", int, description="1-1000, default 100; oldest first"),
-            OpenApiParameter("wait", float, description="0-30 seconds: long poll until an event exists"),
+            OpenApiParameter("execution_id", EXECUTION_ID_SCHEMA, OpenApiParameter.PATH),
+            OpenApiParameter("last_event_id", CURSOR_SCHEMA),
+            # The bounds this process enforces (its settings when the module loads).
+            OpenApiParameter(
+                "limit",
+                or_empty({"type": "integer", "minimum": 1, "maximum": humaninput_settings.POLL_MAX_LIMIT}),
+                description=f"Default (or empty): {humaninput_settings.POLL_DEFAULT_LIMIT}; oldest first.",
+            ),
+            OpenApiParameter(
+                "wait",
+                or_empty(
+                    {"type": "number", "minimum": 0, "maximum": humaninput_settings.POLL_MAX_WAIT_SECONDS}
+                ),
+                description="Seconds to wait for an event past the cursor (long poll); default (or empty) 0.",
+            ),
         ],
         responses={
             200: PollOutput,
@@ -63,10 +76,10 @@ class PollView(APIView):
         execution_id = validate_execution_id(execution_id)
         authorize(request.auth, execution_id=execution_id, scope=READ)
         params = request.query_params
-        cursor = parse_cursor(params.get("last_event_id"))
+        cursor = parse_cursor(query_value(params, "last_event_id"))
         limit = int(
             parse_bounded_number(
-                params.get("limit"),
+                query_value(params, "limit"),
                 name="limit",
                 default=humaninput_settings.POLL_DEFAULT_LIMIT,
                 minimum=1,
@@ -75,7 +88,7 @@ class PollView(APIView):
             )
         )
         wait = parse_bounded_number(
-            params.get("wait"),
+            query_value(params, "wait"),
             name="wait",
             default=0,
             minimum=0,
