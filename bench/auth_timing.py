@@ -47,8 +47,8 @@ from bench.harness import (
     Control,
     backend,
     cpu_split,
+    exit_status,
     raise_fd_limit,
-    remove_dir,
     run_once,
     scratch_dir,
     server_env,
@@ -245,13 +245,8 @@ def main() -> int:
     finally:
         print(text_table(rows({args.setup: [result]})))
         print(f"\n{time.monotonic() - began:.0f} s")
-        for problem in result.problems:
-            print(f"PROBLEM: {problem}", file=sys.stderr)
-        if result.problems:
-            print(f"server logs kept in {workdir}", file=sys.stderr)
-        else:
-            remove_dir(workdir)
-    return 1 if result.problems else 0
+        status = exit_status(result.problems, workdir)
+    return status
 
 
 if __name__ == "__main__":

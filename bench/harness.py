@@ -379,3 +379,14 @@ def scratch_dir(base: Path) -> Path:
 
 def remove_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def exit_status(problems: list[str], workdir: Path) -> int:
+    """Print each correctness problem; keep the server logs only when there is one. 1 if any."""
+    for problem in problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    if problems:
+        print(f"server logs kept in {workdir}", file=sys.stderr)
+    else:
+        remove_dir(workdir)
+    return 1 if problems else 0

@@ -75,9 +75,9 @@ from bench.harness import (
     ask_all,
     backend,
     cpu_split,
+    exit_status,
     http_get,
     raise_fd_limit,
-    remove_dir,
     scratch_dir,
     split,
     wait_until,
@@ -772,13 +772,8 @@ def main() -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=1, default=str) + "\n")
         print(f"\n{runtime:.0f} s; results in {path}")
-        for problem in result.problems:
-            print(f"PROBLEM: {problem}", file=sys.stderr)
-        if result.problems:
-            print(f"server logs kept in {workdir}", file=sys.stderr)
-        else:
-            remove_dir(workdir)
-    return 1 if result.problems else 0
+        status = exit_status(result.problems, workdir)
+    return status
 
 
 if __name__ == "__main__":
