@@ -291,8 +291,16 @@ LOGGING = {
             "timestamp": "time",  # ISO 8601, UTC
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
+        "null": {"class": "logging.NullHandler"},
+    },
     "loggers": {
+        # A client controls how many 4xx it causes (10,000 bad tokens, a flood of
+        # bad Host headers): those are in daphne's access log already, one line
+        # each; the error log keeps 5xx. Django's docs silence DisallowedHost this way.
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
+        "django.security.DisallowedHost": {"handlers": ["null"], "propagate": False},
         "events_app": {
             "handlers": ["console"],
             "level": os.environ.get("HUMANINPUT_LOG_LEVEL", "INFO"),

@@ -238,3 +238,17 @@ async def test_tokens_never_reach_the_access_log(server, api_key, execution_id):
     assert secret not in log
     assert api_key not in log
     assert "token=[redacted]" in log
+
+
+async def test_client_errors_do_not_flood_the_error_log(server, execution_id):
+    """Bad tokens and bad Host headers are the client's doing: the access log has them, one
+    line each; the error log (a traceback per bad Host, by Django's default) stays quiet."""
+    marker = f"/poll/human-input/{execution_id}"
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=DEADLINE) as client:
+        for _ in range(20):
+            assert (await client.get(marker, headers={"Authorization": "Bearer wrong"})).status_code == 401
+        for _ in range(5):
+            assert (await client.get(marker, headers={"Host": "evil.example"})).status_code == 400
+    log = server.log()
+    assert "Unauthorized: " + marker not in log
+    assert "Invalid HTTP_HOST header" not in log
