@@ -37,6 +37,11 @@ from .metrics import CATCHUP_READS, EVENTS_DELIVERED, PUBLISH_DELIVER_SECONDS, S
 
 logger = logging.getLogger(__name__)
 
+# What one subscriber holds at a time: a log read of at most this many events
+# (the rest is read as soon as these are sent), and this many doorbells queued.
+MAX_READ_EVENTS = 500
+MAX_QUEUED_DOORBELLS = 100
+
 
 class GroupListener:
     """Membership of ``group`` on a channel of its own, with a queue of what arrives.
@@ -50,7 +55,10 @@ class GroupListener:
         self.group = group
         self.layer: Any = get_channel_layer()
         self.channel: str | None = None
-        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Bounded: a subscriber that cannot keep up (its client reads slowly) must
+        # not hold every doorbell; dropping the oldest is safe, because the
+        # follower reads any gap from the log.
+        self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=MAX_QUEUED_DOORBELLS)
         self._receiver: asyncio.Task[None] | None = None
         self._memberships: list[str] = []
         self._left = False
@@ -86,7 +94,10 @@ class GroupListener:
     async def _receive_forever(self, channel: str) -> None:
         try:
             while True:
-                self.messages.put_nowait(await self.layer.receive(channel))
+                message = await self.layer.receive(channel)
+                if self.messages.full():
+                    self.messages.get_nowait()
+                self.messages.put_nowait(message)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -232,7 +243,7 @@ class ExecutionSubscription:
         execution_id: str,
         after_sequence: int,
         transport: str,
-        max_read: int | None = None,
+        max_read: int = MAX_READ_EVENTS,
         token_id: str | None = None,
     ) -> None:
         self.execution_id = execution_id
@@ -243,6 +254,7 @@ class ExecutionSubscription:
         self.listener = GroupListener(group_name(execution_id))
         self._loop = asyncio.get_running_loop()
         self._next_catch_up = 0.0
+        self._more_in_log = False  # the last read stopped at max_read
         self._subscribers = SUBSCRIBERS.labels(transport)
         self._by_doorbell = EVENTS_DELIVERED.labels(transport, "doorbell")
         self._by_log = EVENTS_DELIVERED.labels(transport, "log")
@@ -284,15 +296,22 @@ class ExecutionSubscription:
             self._unfollow()
 
     async def read_log(self) -> list[Payload]:
-        """Everything past the cursor, now; resets the catch-up timer."""
+        """The log past the cursor (at most ``max_read`` events), now; resets the catch-up timer."""
         self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
-        events = await self.follower.catch_up()
+        events = self._note_size(await self.follower.catch_up())
         self._by_log.inc(len(events))
+        return events
+
+    def _note_size(self, events: list[Payload]) -> list[Payload]:
+        # A full read may have left more behind: the next call reads on at once.
+        self._more_in_log = len(events) >= self.follower.max_read
         return events
 
     async def next_events(self, max_wait: float) -> list[Payload]:
         """New events, waiting at most ``max_wait`` seconds; ``[]`` if none came."""
         deadline = self._loop.time() + max_wait
+        if self._more_in_log and (events := await self.read_log()):
+            return events
         while True:
             now = self._loop.time()
             if now >= self._next_catch_up:
@@ -325,7 +344,9 @@ class ExecutionSubscription:
 
     async def _on_doorbell(self, message: dict[str, Any]) -> list[Payload]:
         carried = message.get("event")
-        events = await self.follower.on_doorbell(sequence=int(message.get("sequence", 0)), payload=carried)
+        events = self._note_size(
+            await self.follower.on_doorbell(sequence=int(message.get("sequence", 0)), payload=carried)
+        )
         if events and events[0] is carried:
             self._by_doorbell.inc()
             published_at = message.get("published_at")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 from django.test import override_settings
@@ -88,3 +90,46 @@ async def test_heads_are_read_again_for_an_execution_the_last_read_did_not_cover
         ) as newcomer:
             assert [event["sequence"] for event in await newcomer.catch_up()] == [1]
     assert queries["heads"] == 2
+
+
+# --- what one subscriber holds at a time ------------------------------------------------
+
+
+@override_settings(HUMANINPUT_CATCHUP_SECONDS=60)
+async def test_a_long_log_is_read_in_bounded_pieces_without_waiting_for_a_catch_up(execution_id):
+    for index in range(7):
+        await create_request(execution_id=execution_id, prompt=f"#{index}")
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, transport="sse", max_read=3
+    ) as followed:
+        pieces = [await followed.read_log()]
+        while len(pieces[-1]) == 3:
+            pieces.append(await followed.next_events(max_wait=0))
+    assert [[event["sequence"] for event in piece] for piece in pieces] == [[1, 2, 3], [4, 5, 6], [7]]
+
+
+@override_settings(HUMANINPUT_CATCHUP_SECONDS=60)
+async def test_doorbells_of_a_subscriber_that_falls_behind_are_bounded_and_nothing_is_lost(
+    execution_id, monkeypatch
+):
+    monkeypatch.setattr(subscription, "MAX_QUEUED_DOORBELLS", 4)
+    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws") as followed:
+        assert await followed.read_log() == []
+        for index in range(10):  # rung while the subscriber is busy elsewhere
+            await create_request(execution_id=execution_id, prompt=f"#{index}")
+        await _until(lambda: followed.listener.messages.full())
+        assert followed.listener.messages.qsize() == 4
+        received = []
+        while len(received) < 10:
+            received += await followed.next_events(max_wait=5)
+    assert [event["sequence"] for event in received] == list(range(1, 11))
+
+
+async def _until(condition, deadline: float = 10.0) -> None:
+    """Wait for ``condition`` (a doorbell crosses the layer's task), with a deadline."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        if loop.time() > end:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.01)
