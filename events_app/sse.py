@@ -81,7 +81,10 @@ async def human_input_stream(request: HttpRequest, execution_id: str) -> HttpRes
     try:
         principal = await aauthenticate_request(request)
         execution_id = validate_execution_id(execution_id)
-        cursor = parse_cursor(request.headers.get("Last-Event-ID") or request.GET.get("last_event_id"))
+        # Both are checked: a valid header must not hide a malformed query cursor.
+        header_cursor = parse_cursor(request.headers.get("Last-Event-ID"))
+        query_cursor = parse_cursor(request.GET.get("last_event_id"))
+        cursor = header_cursor or query_cursor
         authorize(principal, execution_id=execution_id, scope=READ)
     except HumanInputError as error:
         return error_response(error)

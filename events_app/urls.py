@@ -7,7 +7,7 @@ from .metrics import metrics_view
 from .sse import human_input_stream
 
 urlpatterns = [
-    re_path(r"^events/human-input/(?P<execution_id>.*)$", human_input_stream, name="humaninput-sse"),
+    re_path(r"^events/human-input/(?P<execution_id>[\s\S]*)$", human_input_stream, name="humaninput-sse"),
     path("inbox/", inbox_page, name="humaninput-inbox"),
     path("inbox/stream", inbox_stream, name="humaninput-inbox-stream"),
     path("inbox/<str:execution_id>/", inbox_page, name="humaninput-inbox-execution"),

@@ -12,7 +12,7 @@ from .requests import (
 from .views import HealthView, PollView
 
 urlpatterns = [
-    re_path(r"^poll/human-input/(?P<execution_id>.*)$", PollView.as_view(), name="humaninput-poll"),
+    re_path(r"^poll/human-input/(?P<execution_id>[\s\S]*)$", PollView.as_view(), name="humaninput-poll"),
     path("health", HealthView.as_view(), name="humaninput-health"),
     path("api/human-input/requests", RequestListCreateView.as_view(), name="humaninput-requests"),
     path(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 import pytest
@@ -252,3 +253,23 @@ async def test_client_errors_do_not_flood_the_error_log(server, execution_id):
     log = server.log()
     assert "Unauthorized: " + marker not in log
     assert "Invalid HTTP_HOST header" not in log
+
+
+@pytest.mark.parametrize("prefix", ["/poll/human-input/", "/events/human-input/"])
+async def test_an_execution_id_with_a_newline_is_a_400_json_not_a_404_page(server, api_key, prefix):
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=DEADLINE) as client:
+        response = await client.get(f"{prefix}a%0Ab", headers={"Authorization": f"Bearer {api_key}"})
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_execution_id"
+
+
+async def test_a_valid_last_event_id_header_does_not_hide_a_malformed_query_cursor(
+    server, api_key, execution_id
+):
+    async with httpx.AsyncClient(base_url=server.http_url, timeout=DEADLINE) as client:
+        response = await client.get(
+            f"/events/human-input/{execution_id}?last_event_id=not-a-uuid",
+            headers={"Authorization": f"Bearer {api_key}", "Last-Event-ID": str(uuid.uuid4())},
+        )
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_cursor"
