@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from channels.db import database_sync_to_async
 from django.test import override_settings
@@ -11,6 +9,7 @@ from django.test import override_settings
 from events_app import log, services, signals, subscription
 from events_app.log import log_heads
 from events_app.subscription import ExecutionSubscription
+from tests.conftest import eventually
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("own_channel_layer")]
 
@@ -117,7 +116,7 @@ async def test_doorbells_of_a_subscriber_that_falls_behind_are_bounded_and_nothi
         assert await followed.read_log() == []
         for index in range(10):  # rung while the subscriber is busy elsewhere
             await create_request(execution_id=execution_id, prompt=f"#{index}")
-        await _until(lambda: followed.listener.messages.full())
+        await eventually(_async(followed.listener.messages.full), what="the doorbell queue filling up")
         assert followed.listener.messages.qsize() == 4
         received = []
         while len(received) < 10:
@@ -125,11 +124,8 @@ async def test_doorbells_of_a_subscriber_that_falls_behind_are_bounded_and_nothi
     assert [event["sequence"] for event in received] == list(range(1, 11))
 
 
-async def _until(condition, deadline: float = 10.0) -> None:
-    """Wait for ``condition`` (a doorbell crosses the layer's task), with a deadline."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not condition():
-        if loop.time() > end:
-            raise TimeoutError("condition not reached")
-        await asyncio.sleep(0.01)
+def _async(check):
+    async def probe():
+        return check()
+
+    return probe

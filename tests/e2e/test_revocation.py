@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from events_app.client import AuthenticationFailed, HumanInputClient
+from tests.conftest import eventually
 
 from .conftest import DEADLINE, bearer, poll, running_server, sse_connect, ws_close_code, ws_connect, ws_recv
 
@@ -185,18 +186,15 @@ async def test_long_poll_with_a_revoked_token_answers_401_before_its_wait_ends(
     assert response.json()["code"] == "token_revoked"
 
 
-async def _until_the_poll_waits(admin_api, deadline: float = DEADLINE) -> None:
+async def _until_the_poll_waits(admin_api) -> None:
     """Until the server counts a waiting long poll (its subscribers gauge)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+
+    async def waiting_polls() -> float:
         metrics = (await admin_api.get("/metrics")).text
-        if any(
-            line.startswith('humaninput_subscribers{transport="poll"}') and float(line.split()[-1]) >= 1
-            for line in metrics.splitlines()
-        ):
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the long poll never started waiting")
+        prefix = 'humaninput_subscribers{transport="poll"}'
+        return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+    await eventually(waiting_polls, accept=lambda count: count >= 1, what="a waiting long poll")
 
 
 async def test_an_answer_records_the_token_that_gave_it(revoking_server, admin_api, execution_id):
