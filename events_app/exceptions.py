@@ -73,6 +73,23 @@ class NotFound(HumanInputError):
     default_detail = "No such request."
 
 
+class UnknownEndpoint(NotFound):
+    """A path under our prefix that names no endpoint (``/api/...`` typos, ``/requests//respond``)."""
+
+    code = "unknown_endpoint"
+    default_detail = "No such endpoint."
+
+
+class MethodNotAllowed(HumanInputError):
+    code = "method_not_allowed"
+    http_status = 405
+    default_detail = "Method not allowed."
+
+    def __init__(self, allowed: tuple[str, ...] = ("GET",), detail: str | None = None) -> None:
+        self.allowed = allowed
+        super().__init__(detail or f"Use {', '.join(allowed)}.")
+
+
 class AlreadyResolved(HumanInputError):
     """The request is no longer pending: someone answered, cancelled or it expired."""
 

@@ -16,13 +16,13 @@ from typing import Any
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from .auth import aauthenticate_request
 from .conf import humaninput_settings
 from .events import INBOX_GROUP, format_timestamp
 from .exceptions import HumanInputError, PermissionDenied
-from .http import error_response
+from .http import error_response, get_only
 from .log import async_reader, validate_execution_id
 from .metrics import SUBSCRIBERS
 from .models import HumanInputRequest, RequestStatus
@@ -58,7 +58,7 @@ apending_requests = async_reader(pending_requests)
 
 
 @staff_member_required
-@require_GET
+@require_safe
 def inbox_page(request: HttpRequest, execution_id: str | None = None) -> HttpResponse:
     """``/inbox/`` and ``/inbox/<execution_id>/``: the widget on a page of its own."""
     if execution_id is not None:
@@ -106,7 +106,7 @@ async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
         await listener.leave()
 
 
-@require_GET
+@get_only
 async def inbox_stream(request: HttpRequest) -> HttpResponse:
     """``/inbox/stream?execution_id=``: the SSE feed of the inbox (full access only)."""
     try:

@@ -19,13 +19,12 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET
 
 from .auth import READ, aauthenticate_request, authorize
 from .conf import humaninput_settings
 from .events import format_timestamp
 from .exceptions import HumanInputError, TokenRevoked
-from .http import error_response
+from .http import error_response, get_only
 from .log import Payload, aresolve_cursor, parse_cursor, validate_execution_id
 from .subscription import ExecutionSubscription
 
@@ -76,7 +75,7 @@ async def _stream(execution_id: str, after_sequence: int, token_id: str | None) 
             quiet_since = loop.time()
 
 
-@require_GET
+@get_only
 async def human_input_stream(request: HttpRequest, execution_id: str) -> HttpResponse:
     try:
         principal = await aauthenticate_request(request)

@@ -54,6 +54,10 @@ class HumanInputAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = HumanInputAuthentication
     name = ["bearer", "tokenQuery"]
 
+    def get_security_requirement(self, auto_schema: Any) -> list[dict[str, list[Any]]]:
+        # Either credential is enough: one requirement each (OR), not one naming both (AND).
+        return [{"bearer": []}, {"tokenQuery": []}]
+
     def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
         return [
             {"type": "http", "scheme": "bearer", "description": "HUMANINPUT_API_KEY or a scoped token"},

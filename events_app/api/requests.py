@@ -7,12 +7,11 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import exceptions
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from .. import services
 from ..auth import READ, RESPOND, Principal, authorize
@@ -20,7 +19,7 @@ from ..exceptions import AlreadyResolved, NotFound, PermissionDenied
 from ..http import query_value
 from ..models import HumanInputRequest
 from . import serializers as s
-from .authentication import HasPrincipal
+from .base import HumanInputAPIView, document
 from .throttling import TokenThrottle, WriteThrottle
 
 ERRORS = {
@@ -57,10 +56,6 @@ def conflict_response(error: AlreadyResolved) -> Response:
     return Response(body, status=409)
 
 
-class BaseAPIView(APIView):
-    permission_classes = [HasPrincipal]
-
-
 class RequestPagination(CursorPagination):
     ordering = ("-created_at", "-id")
     page_size = 50
@@ -86,13 +81,13 @@ def _is_datetime(value: str) -> bool:
         return False
 
 
-class RequestListCreateView(BaseAPIView):
+class RequestListCreateView(HumanInputAPIView):
     """``/api/human-input/requests``: ask a human (POST) or list requests (GET)."""
 
     def get_throttles(self) -> list[Any]:
         return [WriteThrottle()] if self.request.method == "POST" else []
 
-    @extend_schema(
+    @document(
         operation_id="human_input_requests_create",
         request=s.RequestCreateInput,
         responses={201: s.RequestCreatedOutput, **WRITE_ERRORS},
@@ -107,7 +102,7 @@ class RequestListCreateView(BaseAPIView):
         created.event_id, created.sequence = event.event_id, event.sequence
         return Response(s.RequestCreatedOutput(created).data, status=201)
 
-    @extend_schema(
+    @document(
         operation_id="human_input_requests_list",
         parameters=[s.RequestListFilters],
         responses={200: s.RequestPageOutput, **ERRORS},
@@ -137,8 +132,8 @@ class RequestListCreateView(BaseAPIView):
         return paginator.get_paginated_response(s.RequestOutput(page, many=True).data)
 
 
-class RequestDetailView(BaseAPIView):
-    @extend_schema(
+class RequestDetailView(HumanInputAPIView):
+    @document(
         operation_id="human_input_requests_retrieve",
         parameters=[REQUEST_ID],
         responses={200: s.RequestOutput, 404: s.ErrorOutput, **ERRORS},
@@ -147,10 +142,10 @@ class RequestDetailView(BaseAPIView):
         return Response(s.RequestOutput(get_request(request.auth, request_id, READ)).data)
 
 
-class RequestRespondView(BaseAPIView):
+class RequestRespondView(HumanInputAPIView):
     throttle_classes = [WriteThrottle]
 
-    @extend_schema(
+    @document(
         operation_id="human_input_requests_respond",
         parameters=[REQUEST_ID],
         request=s.RespondInput,
@@ -172,10 +167,10 @@ class RequestRespondView(BaseAPIView):
         return Response(s.RequestOutput(answered).data)
 
 
-class RequestCancelView(BaseAPIView):
+class RequestCancelView(HumanInputAPIView):
     throttle_classes = [WriteThrottle]
 
-    @extend_schema(
+    @document(
         operation_id="human_input_requests_cancel",
         parameters=[REQUEST_ID],
         request=s.CancelInput,
@@ -192,10 +187,10 @@ class RequestCancelView(BaseAPIView):
         return Response(s.RequestOutput(cancelled).data)
 
 
-class TokenCreateView(BaseAPIView):
+class TokenCreateView(HumanInputAPIView):
     throttle_classes = [TokenThrottle]
 
-    @extend_schema(
+    @document(
         operation_id="tokens_create",
         request=s.TokenInput,
         responses={201: s.TokenOutput, **WRITE_ERRORS},
@@ -222,10 +217,10 @@ class TokenCreateView(BaseAPIView):
         return Response(s.TokenOutput(body).data, status=201)
 
 
-class TokenRevokeView(BaseAPIView):
+class TokenRevokeView(HumanInputAPIView):
     throttle_classes = [TokenThrottle]
 
-    @extend_schema(
+    @document(
         operation_id="tokens_revoke",
         request=None,
         responses={200: s.TokenRecordOutput, 404: s.ErrorOutput, **WRITE_ERRORS},

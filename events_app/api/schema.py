@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.urls import reverse
 from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
 
@@ -81,13 +82,31 @@ SSE_MESSAGE = {
 }
 
 
+def only_humaninput_endpoints(endpoints: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Called by drf-spectacular before generation: keep our API's endpoints, not the host's
+    (nor the schema and docs views themselves)."""
+    return [
+        endpoint
+        for endpoint in endpoints
+        if getattr(endpoint[3], "cls", None) is not None
+        and endpoint[3].cls.__module__.startswith("events_app.api.")
+        and endpoint[3].cls.__module__ != "events_app.api.docs"
+    ]
+
+
+def mount_prefix() -> str:
+    """Where the host mounted ``events_app.urls``: ``/``, ``/humaninput/``, ..."""
+    health = reverse("humaninput-health")
+    return health[: -len("health")]
+
+
 def add_stream_endpoints(
     result: dict[str, Any], generator: Any, request: Any, public: bool
 ) -> dict[str, Any]:
     """Called by drf-spectacular after generation: document the SSE endpoint and the WebSocket."""
     result["info"]["description"] = result["info"].get("description", "") + WEBSOCKET_DESCRIPTION
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOutput"}}}}
-    result["paths"]["/events/human-input/{execution_id}"] = {
+    result["paths"][f"{mount_prefix()}events/human-input/{{execution_id}}"] = {
         "get": {
             "operationId": "human_input_events_stream",
             "summary": "Server-Sent Events stream of one execution",
@@ -140,3 +159,21 @@ class JSONObjectFieldScheme(OpenApiSerializerFieldExtension):
         )
         auto_schema.registry.register_on_missing(component)
         return STORABLE_JSON_OBJECT
+
+
+class NamedChoiceFieldScheme(OpenApiSerializerFieldExtension):
+    """``NamedChoiceField``: a reference to its enum component, registered once."""
+
+    target_class = "events_app.api.serializers.NamedChoiceField"
+    match_subclasses = True
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        field = self.target
+        component = ResolvedComponent(
+            name=field.enum_name,
+            type=ResolvedComponent.SCHEMA,
+            object=field.enum_name,
+            schema={"type": "string", "enum": list(field.choice_values)},
+        )
+        auto_schema.registry.register_on_missing(component)
+        return component.ref

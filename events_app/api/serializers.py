@@ -192,7 +192,34 @@ class CancelInput(StrictSerializer):
     pass
 
 
+class NamedChoiceField(serializers.ChoiceField):
+    """A choice field documented as one named enum component (``enum_name``), not inline.
+
+    drf-spectacular would otherwise name the enums of same-named fields (a
+    request's ``status``, the health ``status``) by its settings'
+    ``ENUM_NAME_OVERRIDES``, which are the host's to set, not ours.
+    """
+
+    enum_name = ""
+    choice_values: tuple[str, ...] = ()
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(choices=self.choice_values, **kwargs)
+
+
+class RequestStatusField(NamedChoiceField):
+    enum_name = "RequestStatusEnum"
+    choice_values = tuple(RequestStatus.values)
+
+
+class HealthStatusField(NamedChoiceField):
+    enum_name = "HealthStatusEnum"
+    choice_values = ("healthy", "unhealthy")
+
+
 class RequestOutput(serializers.ModelSerializer):
+    status = RequestStatusField(read_only=True)
+
     class Meta:
         model = HumanInputRequest
         fields = [
@@ -230,7 +257,7 @@ class RequestListFilters(serializers.Serializer):
     """Query parameters of the list; others (``cursor``, ``token``) belong to other layers."""
 
     execution_id = ExecutionIdField(required=False)
-    status = serializers.ChoiceField(choices=RequestStatus.choices, required=False)
+    status = RequestStatusField(required=False)
 
 
 class RequestPageOutput(serializers.Serializer):
@@ -302,6 +329,6 @@ class PollOutput(serializers.Serializer):
 
 
 class HealthOutput(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    status = HealthStatusField()
     timestamp = serializers.CharField()
     checks = serializers.DictField(child=serializers.CharField())

@@ -1,6 +1,7 @@
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from ..http import unknown_endpoint
+from .docs import DocsView, SchemaView
 from .requests import (
     RequestCancelView,
     RequestDetailView,
@@ -32,6 +33,8 @@ urlpatterns = [
     ),
     path("api/tokens", TokenCreateView.as_view(), name="humaninput-tokens"),
     path("api/tokens/<str:token_id>/revoke", TokenRevokeView.as_view(), name="humaninput-token-revoke"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="humaninput-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="humaninput-schema"), name="humaninput-docs"),
+    path("api/schema/", SchemaView.as_view(), name="humaninput-schema"),
+    path("api/docs/", DocsView.as_view(url_name="humaninput-schema"), name="humaninput-docs"),
+    # Last: any other path under api/ is a JSON 404, not the host's (or Django's) HTML page.
+    re_path(r"^api/", unknown_endpoint, name="humaninput-unknown-endpoint"),
 ]

@@ -8,12 +8,11 @@ import uuid
 import weakref
 from typing import Any
 
-from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -29,23 +28,21 @@ from ..log import (
     validate_execution_id,
 )
 from ..subscription import ExecutionSubscription
-from .authentication import HasPrincipal
+from .base import AsyncHumanInputAPIView, document
 from .schema import CURSOR_SCHEMA, EXECUTION_ID_SCHEMA, or_empty
 from .serializers import ErrorOutput, HealthOutput, PollOutput
 
 logger = logging.getLogger(__name__)
 
 
-class PollView(APIView):
+class PollView(AsyncHumanInputAPIView):
     """``GET /poll/human-input/<execution_id>``: the events past ``last_event_id``.
 
     ``?limit=`` caps the page (oldest first); ``?wait=`` seconds turns it into
     a long poll that answers as soon as an event exists past the cursor.
     """
 
-    permission_classes = [HasPrincipal]
-
-    @extend_schema(
+    @document(
         operation_id="human_input_events_poll",
         tags=["events"],
         parameters=[
@@ -155,13 +152,13 @@ async def _check_channel_layer() -> None:
             raise
 
 
-class HealthView(APIView):
+class HealthView(AsyncHumanInputAPIView):
     """``GET /health``: 200 if the database and the channel layer answer, else 503."""
 
     authentication_classes: list[Any] = []
     permission_classes: list[Any] = []
 
-    @extend_schema(
+    @document(
         operation_id="health",
         tags=["health"],
         auth=[],
