@@ -33,6 +33,7 @@ from .exceptions import (
     TokenRevoked,
     UnknownMessageType,
 )
+from .expiry import ensure_expiry_scheduler
 from .log import Payload, aresolve_cursor, parse_cursor, validate_execution_id
 from .subscription import ExecutionSubscription
 
@@ -66,6 +67,7 @@ class HumanInputEventConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Called on the handshake: accept, then check and close with 44xx, or replay and follow."""
+        ensure_expiry_scheduler()
         await self.accept()
         try:
             query = _query_params(self.scope)

@@ -4,16 +4,19 @@ Each server process runs ``expire_overdue_forever`` in the background: every
 ``HUMANINPUT_EXPIRY_INTERVAL_SECONDS`` it asks ``services.requests_expire_due``
 to expire what is past ``expires_at``. Several processes doing this at once
 is safe (each expiry locks the row and only a pending request changes), so
-no leader election is needed. ``ExpirySchedulerMiddleware`` starts the task
-on the first connection a process serves, because daphne has no startup
-hook (it does not speak ASGI lifespan); a deployment that prefers a separate
-worker sets the interval to 0 and runs ``manage.py humaninput_expire``.
+no leader election is needed. Daphne has no startup hook (it does not speak
+ASGI lifespan), so the task starts with the first request or WebSocket a
+process serves on its event loop (``ensure_expiry_scheduler``, connected to
+Django's ``request_started`` by the app itself: a host project adds nothing).
+A deployment that prefers a separate worker sets the interval to 0 and runs
+``manage.py humaninput_expire``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -45,22 +48,26 @@ async def expire_overdue_forever() -> None:
         await asyncio.sleep(interval)
 
 
-class ExpirySchedulerMiddleware:
-    """ASGI middleware that starts the expiry task once per process, on first use."""
+_schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+    weakref.WeakKeyDictionary()
+)
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.task: asyncio.Task[None] | None = None
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        if humaninput_settings.EXPIRY_INTERVAL_SECONDS > 0 and not self._running():
-            self.task = asyncio.create_task(expire_overdue_forever())
-        return await self.inner(scope, receive, send)
+def ensure_expiry_scheduler() -> None:
+    """Start ``expire_overdue_forever`` on the running loop unless it runs there already.
 
-    def _running(self) -> bool:
-        # A task of a loop that has since closed (tests run one loop each) no longer counts.
-        return (
-            self.task is not None
-            and not self.task.done()
-            and self.task.get_loop() is asyncio.get_running_loop()
-        )
+    Called on every HTTP request (``start_on_request``) and WebSocket
+    connection a process serves: cheap after the first.
+    """
+    if humaninput_settings.EXPIRY_INTERVAL_SECONDS <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    task = _schedulers.get(loop)
+    if task is None or task.done():
+        _schedulers[loop] = loop.create_task(expire_overdue_forever(), name="humaninput-expiry")
+
+
+async def start_on_request(sender: Any, scope: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Called on Django's ``request_started``: under ASGI (a ``scope``), on the server's loop."""
+    if scope is not None:
+        ensure_expiry_scheduler()

@@ -3,7 +3,11 @@
 Static files (the API docs' assets) are served by Django's async
 ``ASGIStaticFilesHandler``; put a web server in front for heavy static use.
 Django's handler is the app's ``HumanInputASGIHandler``, so open event
-streams and long polls hold no thread each.
+streams and long polls hold no thread each, and WebSockets that bring a
+token skip the session lookup (``SessionAuthUnlessToken``). Both are
+optional: a host project can use Django's handler and channels'
+``AuthMiddlewareStack`` (docs/embedding.md). The app hardens daphne and
+schedules expiry itself (``EventsAppConfig.ready``).
 """
 
 import gc
@@ -17,23 +21,16 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from events_app.daphne_compat import enforce_websocket_limits, mask_access_log_tokens  # noqa: E402
-from events_app.expiry import ExpirySchedulerMiddleware  # noqa: E402
 from events_app.middleware import SessionAuthUnlessToken  # noqa: E402
 from events_app.routing import fallback_websocket_urlpatterns, websocket_urlpatterns  # noqa: E402
 
-enforce_websocket_limits()
-mask_access_log_tokens()
-
-application = ExpirySchedulerMiddleware(
-    ProtocolTypeRouter(
-        {
-            "http": ASGIStaticFilesHandler(django_asgi_app),
-            "websocket": SessionAuthUnlessToken(
-                URLRouter(websocket_urlpatterns + fallback_websocket_urlpatterns)
-            ),
-        }
-    )
+application = ProtocolTypeRouter(
+    {
+        "http": ASGIStaticFilesHandler(django_asgi_app),
+        "websocket": SessionAuthUnlessToken(
+            URLRouter(websocket_urlpatterns + fallback_websocket_urlpatterns)
+        ),
+    }
 )
 
 # Everything loaded so far (Django, the apps, their libraries) lives as long as

@@ -34,6 +34,8 @@ async def test_sse_disconnect_cancels_the_stream_and_leaves_the_group(api_key, e
     # The stream joins its group, reads the log, then sends its first heartbeat:
     # receiving that heartbeat proves the membership exists, with no polling.
     settings.HUMANINPUT_SSE_HEARTBEAT_SECONDS = 0.05
+    # The process-wide expiry task (started by the first request) is not the stream's to leave.
+    settings.HUMANINPUT_EXPIRY_INTERVAL_SECONDS = 0
     app = get_asgi_application()
     inbound: asyncio.Queue[dict] = asyncio.Queue()
     outbound: asyncio.Queue[dict] = asyncio.Queue()
