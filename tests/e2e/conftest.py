@@ -76,6 +76,11 @@ class DaphneServer:
     """One daphne subprocess; ``start`` returns once ``/health`` answers 200."""
 
     env_overrides: dict[str, str] = field(default_factory=dict)
+    # What to run, from where: the demo project by default; a host project's own otherwise.
+    application: str = "humaninput_project.asgi:application"
+    executable: str = sys.executable
+    cwd: Path = ROOT
+    health_path: str = "/health"
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -103,6 +108,8 @@ class DaphneServer:
             HUMANINPUT_THROTTLE_TOKEN_RATE=settings.HUMANINPUT_THROTTLE_TOKEN_RATE,
             DATABASE_URL=database_url(),
             PYTHONPATH=str(ROOT),
+            # The access log goes to stdout: unbuffered, so a test reads what was served.
+            PYTHONUNBUFFERED="1",
         )
         if uses_redis():
             env["REDIS_URL"] = settings.REDIS_URL
@@ -127,22 +134,15 @@ class DaphneServer:
         self.log_path = tmp_dir / f"daphne-{self.port}.log"
         with listener, open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daphne",
-                    "--fd",
-                    str(listener.fileno()),
-                    "humaninput_project.asgi:application",
-                ],
-                cwd=ROOT,
+                [self.executable, "-m", "daphne", "--fd", str(listener.fileno()), self.application],
+                cwd=self.cwd,
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 pass_fds=[listener.fileno()],
             )
         try:
-            healthy = httpx.get(f"{self.http_url}/health", timeout=30).status_code == 200
+            healthy = httpx.get(f"{self.http_url}{self.health_path}", timeout=30).status_code == 200
         except httpx.HTTPError:
             healthy = False
         if not healthy:
