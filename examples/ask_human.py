@@ -4,6 +4,7 @@ Start the server (`make run`), then:
 
     .venv/bin/python examples/ask_human.py                 # waits for your answer
     .venv/bin/python examples/ask_human.py --auto-answer   # answers itself over WebSocket
+    .venv/bin/python examples/ask_human.py --url http://host:8000 --token "$KEY"   # another server
 
 Answer from anywhere that speaks the protocol, e.g. a WebSocket client:
     .venv/bin/python -m websockets ws://127.0.0.1:8000/ws/human-input/example-run
@@ -12,7 +13,9 @@ or with curl:
     curl -X POST http://127.0.0.1:8000/api/human-input/requests/<id>/respond \\
          -H 'Content-Type: application/json' -d '{"response": "Yes"}'
 
-Set HUMANINPUT_URL and HUMANINPUT_TOKEN if your server is elsewhere or needs a key.
+--url and --token default to $HUMANINPUT_URL (else http://127.0.0.1:8000) and
+$HUMANINPUT_TOKEN (none: `make run` needs no key). A server that cannot be
+reached, or that refuses the token, is one line on stderr and exit status 1.
 """
 
 from __future__ import annotations
@@ -20,25 +23,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 import websockets
+from _cli import UNREACHABLE, add_server_arguments, refused_message, unreachable_message
 
-from events_app.client import AskTimeout, HumanInputClient, RequestCancelled, RequestExpired
+from events_app.client import (
+    AskTimeout,
+    HumanInputClient,
+    HumanInputError,
+    RequestCancelled,
+    RequestExpired,
+)
 
-BASE_URL = os.environ.get("HUMANINPUT_URL", "http://127.0.0.1:8000")
-TOKEN = os.environ.get("HUMANINPUT_TOKEN")
 
-
-async def play_the_human(execution_id: str, answer: str) -> None:
+async def play_the_human(url: str, token: str | None, execution_id: str, answer: str) -> None:
     """Wait on the WebSocket for the question and answer it there."""
-    ws_url = BASE_URL.replace("http", "ws", 1) + f"/ws/human-input/{execution_id}"
-    if TOKEN:
-        ws_url += f"?token={TOKEN}"
+    ws_url = url.replace("http", "ws", 1) + f"/ws/human-input/{execution_id}"
+    if token:
+        ws_url += f"?{urlencode({'token': token})}"
     async with websockets.connect(ws_url) as ws:
         async for frame in ws:
             event = json.loads(frame)
@@ -51,18 +58,22 @@ async def play_the_human(execution_id: str, answer: str) -> None:
                 return
 
 
-async def main() -> None:
+async def main() -> str | None:
+    """Ask, print the answer; a one-line error (for ``sys.exit``) if the server is unusable."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--execution-id", default="example-run")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--auto-answer", action="store_true", help="answer the question from this script")
+    add_server_arguments(parser)
     args = parser.parse_args()
 
-    client = HumanInputClient(BASE_URL, token=TOKEN)
+    client = HumanInputClient(args.url, token=args.token)
     human = (
-        asyncio.create_task(play_the_human(args.execution_id, "Yes, go ahead")) if args.auto_answer else None
+        asyncio.create_task(play_the_human(args.url, args.token, args.execution_id, "Yes, go ahead"))
+        if args.auto_answer
+        else None
     )
     print(f"[agent] asking on execution {args.execution_id!r} (timeout {args.timeout:g} s)...")
     try:
@@ -79,9 +90,17 @@ async def main() -> None:
         print("[agent] nobody answered in time")
     except RequestCancelled:
         print("[agent] the request was cancelled")
+    except (*UNREACHABLE, HumanInputError) as error:
+        if human:  # it failed too, or waits on a question that was never asked
+            human.cancel()
+            await asyncio.gather(human, return_exceptions=True)
+        if isinstance(error, HumanInputError):
+            return refused_message(args.url, error)
+        return unreachable_message(args.url, error)
     if human:
         await human
+    return None
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -227,35 +227,9 @@ if not DEBUG and not HUMANINPUT_API_KEY and not HUMANINPUT_ALLOW_ANONYMOUS:
 
 # --- Django REST framework ------------------------------------------------
 
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["events_app.api.authentication.HumanInputAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": [],
-    "EXCEPTION_HANDLER": "events_app.api.exceptions.exception_handler",
-    "UNAUTHENTICATED_USER": None,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["events_app.api.parsers.SafeJSONParser"],
-}
-
-SPECTACULAR_SETTINGS = {
-    "TITLE": "humaninput",
-    "DESCRIPTION": "Ask a human for input from AI agents; answer over WebSocket, SSE or long polling.",
-    "VERSION": "0.1.0",
-    "OAS_VERSION": "3.1.0",
-    "SERVE_INCLUDE_SCHEMA": False,
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
-    "SERVE_AUTHENTICATION": [],
-    "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "POSTPROCESSING_HOOKS": [
-        "drf_spectacular.hooks.postprocess_schema_enums",
-        "events_app.api.schema.add_stream_endpoints",
-    ],
-    "ENUM_NAME_OVERRIDES": {
-        "RequestStatusEnum": "events_app.models.RequestStatus",
-        "HealthStatusEnum": ["healthy", "unhealthy"],
-    },
-}
+# Nothing: humaninput's views carry their own authentication, parsers,
+# renderers, exception handler and OpenAPI settings (events_app.api.base and
+# events_app.api.docs), so a host project's REST_FRAMEWORK never changes them.
 
 # --- The rest -------------------------------------------------------------
 
@@ -275,7 +249,8 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # HUMANINPUT_LOG_FORMAT=json writes one JSON object per line (with the
-# execution_id, request_id, sequence, ... a record carries) for log shippers.
+# execution_id, request_id, sequence, ... a record carries) for log shippers;
+# plain writes `time level logger message` and then the same context as key=value.
 LOG_FORMAT = os.environ.get("HUMANINPUT_LOG_FORMAT", "plain")
 if LOG_FORMAT not in {"plain", "json"}:
     raise ImproperlyConfigured(f"HUMANINPUT_LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
@@ -283,7 +258,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "class": "events_app.logformat.PlainFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "format": "%(levelname)s %(name)s %(message)s",
