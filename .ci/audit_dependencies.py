@@ -23,6 +23,7 @@ import sys
 import tempfile
 
 SERVICES = ("pypi", "osv")
+AUDIT_TIMEOUT_SECONDS = 300
 
 
 def frozen_requirements(python: str) -> str:
@@ -37,31 +38,41 @@ def audit(pip_audit: str, requirements: str, service: str) -> dict | None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as file:
         file.write(requirements)
         file.flush()
-        result = subprocess.run(
-            [
-                pip_audit,
-                "--requirement",
-                file.name,
-                "--no-deps",
-                "--disable-pip",
-                "--format",
-                "json",
-                "--progress-spinner",
-                "off",
-                "--timeout",
-                "10",
-                "--vulnerability-service",
-                service,
-            ],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            result = run_pip_audit(pip_audit, file.name, service)
+        except subprocess.TimeoutExpired:
+            print(f"audit: {service}: pip-audit gave no report within {AUDIT_TIMEOUT_SECONDS} s")
+            return None
     try:
         return json.loads(result.stdout)
     except ValueError:
         last_line = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         print(f"audit: {service}: pip-audit gave no report: {last_line}")
         return None
+
+
+def run_pip_audit(pip_audit: str, requirements_file: str, service: str) -> subprocess.CompletedProcess[str]:
+    """One pip-audit run, bounded: CI steps never wait on an unanswering service for long."""
+    return subprocess.run(
+        [
+            pip_audit,
+            "--requirement",
+            requirements_file,
+            "--no-deps",
+            "--disable-pip",
+            "--format",
+            "json",
+            "--progress-spinner",
+            "off",
+            "--timeout",
+            "10",
+            "--vulnerability-service",
+            service,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=AUDIT_TIMEOUT_SECONDS,
+    )
 
 
 def main() -> int:
