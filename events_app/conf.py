@@ -42,8 +42,17 @@ OPTIONS: dict[str, Option] = {
     # How often every subscriber re-reads the log from its cursor, so a lost
     # doorbell delays an event by at most this long.
     "CATCHUP_SECONDS": Option(5.0, float, 0.05, 3600),
-    # Idle SSE streams get a heartbeat this often.
-    "SSE_HEARTBEAT_SECONDS": Option(15.0, float, 0.05, 3600),
+    # Embedded default only (SQLite file + in-memory layer, which cannot ring
+    # across processes): how often each server process asks SQLite whether
+    # another process (`manage.py humaninput_ask`, a second daphne) committed,
+    # and if so rings its own subscribers (events_app.crossprocess). A check is
+    # `PRAGMA data_version`, not a query; 0 turns it off, and such events then
+    # wait for the catch-up.
+    "CROSS_PROCESS_CHECK_SECONDS": Option(0.25, float, 0, 60),
+    # Idle SSE streams get a heartbeat this often. Under 5 s (SPEC §4): the seed
+    # document's SSE client reads with httpx's default 5 s timeout, and a
+    # heartbeat that comes late by a busy loop's delay must still beat it.
+    "SSE_HEARTBEAT_SECONDS": Option(2.5, float, 0.05, 3600),
     # The ``retry:`` line sent first on every SSE stream, in milliseconds.
     "SSE_RETRY_MILLISECONDS": Option(3000, int, 0, 3_600_000),
     # Long-poll ``?wait=`` upper bound, in seconds.

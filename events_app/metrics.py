@@ -66,6 +66,11 @@ SLOW_CLIENTS_DROPPED = Counter(
     "Connections dropped because their client stopped reading (see events_app.backpressure).",
     ["transport"],
 )
+CROSS_PROCESS_DOORBELLS = Counter(
+    "humaninput_cross_process_doorbells",
+    "Doorbells rung here because an execution's log grew in the database, whoever wrote it "
+    "(embedded SQLite: how other processes' events reach this one, see events_app.crossprocess).",
+)
 PUBLISH_DELIVER_SECONDS = Histogram(
     "humaninput_publish_deliver_seconds",
     "From the doorbell's publish to the event being handed to a subscriber's transport.",

@@ -30,6 +30,7 @@ from channels.layers import get_channel_layer
 
 from .auth import arevoked_token_ids
 from .conf import humaninput_settings
+from .crossprocess import CrossProcessWatcher
 from .events import group_name
 from .exceptions import TokenRevoked
 from .log import LogFollower, Payload, alog_heads
@@ -186,7 +187,23 @@ class SharedRead:
 
 class LogHeads(SharedRead):
     """The last sequence of every followed execution: a missed doorbell is found
-    within about 1.2 catch-up intervals."""
+    within about 1.2 catch-up intervals.
+
+    On the embedded default its ``watcher`` rings the followed executions when
+    another process commits (see ``crossprocess``); it runs while any is followed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watcher = CrossProcessWatcher(self.followed)
+
+    def follow(self, key: str) -> None:
+        super().follow(key)
+        self.watcher.followed_changed(key)
+
+    def unfollow(self, key: str) -> None:
+        super().unfollow(key)
+        self.watcher.followed_changed(key)
 
     async def read(self, keys: list[str]) -> dict[str, int]:
         return await alog_heads(execution_ids=keys)

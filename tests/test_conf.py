@@ -21,7 +21,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
     ("name", "default"),
     [
         ("CATCHUP_SECONDS", 5.0),
-        ("SSE_HEARTBEAT_SECONDS", 15.0),
+        ("SSE_HEARTBEAT_SECONDS", 2.5),
         ("SSE_RETRY_MILLISECONDS", 3000),
         ("POLL_MAX_WAIT_SECONDS", 30.0),
         ("POLL_DEFAULT_LIMIT", 100),

@@ -4,10 +4,11 @@ The server runs ``humaninput_project.settings`` (not the test settings) with
 the same database as the test process: the SQLite test file, or the
 PostgreSQL test database, and Redis when the run has ``REDIS_URL``. Tests
 write through the service layer in this process or through the server.
-With the in-memory layer a write made here cannot ring the server's doorbell,
-so embedded-mode servers get a short catch-up interval; with Redis the
-doorbell crosses processes and the catch-up interval is long, which proves
-delivery did not come from catch-up.
+With the in-memory layer a write made here cannot ring the server's doorbell:
+the server's cross-process watcher (``events_app.crossprocess``) finds the
+commit within a quarter second, and embedded-mode servers also get a short
+catch-up interval; with Redis the doorbell crosses processes and the
+catch-up interval is long, which proves delivery did not come from catch-up.
 """
 
 from __future__ import annotations
