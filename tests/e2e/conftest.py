@@ -221,6 +221,19 @@ async def api(server, api_key) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def metric(server: DaphneServer, api_key: str, name: str, **labels: str) -> float:
+    """One sample of a server's /metrics (0 if absent)."""
+    async with httpx.AsyncClient(timeout=DEADLINE) as http:
+        response = await http.get(f"{server.http_url}/metrics", headers=bearer(api_key))
+    assert response.status_code == 200, response.text
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    for line in response.text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
 def query(**params: str | None) -> str:
     present = {key: value for key, value in params.items() if value is not None}
     return f"?{urlencode(present)}" if present else ""

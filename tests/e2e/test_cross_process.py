@@ -26,7 +26,17 @@ import pytest
 
 from tests.conftest import eventually, uses_redis
 
-from .conftest import DEADLINE, ROOT, DaphneServer, bearer, poll, running_server, sse_connect, ws_connect
+from .conftest import (
+    DEADLINE,
+    ROOT,
+    DaphneServer,
+    bearer,
+    metric,
+    poll,
+    running_server,
+    sse_connect,
+    ws_connect,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -37,19 +47,6 @@ TRANSPORTS = ("ws", "sse", "poll")
 
 # Writes a request for an execution from another process; returns its event id.
 Writer = Callable[[str], Awaitable[str]]
-
-
-async def metric(server: DaphneServer, api_key: str, name: str, **labels: str) -> float:
-    """One sample of the server's /metrics (0 if absent)."""
-    async with httpx.AsyncClient(timeout=DEADLINE) as http:
-        response = await http.get(f"{server.http_url}/metrics", headers=bearer(api_key))
-    assert response.status_code == 200, response.text
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
-    for line in response.text.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return 0.0
 
 
 async def subscribers(server: DaphneServer, api_key: str) -> dict[str, float]:

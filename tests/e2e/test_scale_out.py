@@ -28,6 +28,7 @@ from .conftest import (
     DaphneServer,
     Received,
     bearer,
+    metric,
     poll,
     running_server,
     sse_connect,
@@ -165,19 +166,6 @@ async def all_received(group: list[Subscriber], count: int, deadline: float = DE
             subscriber.task.result()  # raises what killed it
             raise AssertionError(f"{subscriber.name} stopped")
         assert subscriber.sequences == expected, subscriber.name  # nothing repeated or extra
-
-
-async def metric(server: DaphneServer, api_key: str, name: str, **labels: str) -> float:
-    """One sample of a server's /metrics (0 if absent)."""
-    async with httpx.AsyncClient(timeout=DEADLINE) as http:
-        response = await http.get(f"{server.http_url}/metrics", headers=bearer(api_key))
-    assert response.status_code == 200, response.text
-    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
-    for line in response.text.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return 0.0
 
 
 async def stream_subscribers(server: DaphneServer, api_key: str) -> float:
