@@ -30,14 +30,26 @@ Daphne's access log prints each request's path with its query string, and
 browsers can only pass a token as ``?token=``; ``mask_access_log_tokens``
 rewrites the path of every access-log entry before it is written.
 
-Both are applied from ``humaninput_project.asgi``; without daphne installed
-they do nothing.
+On SIGTERM daphne cancels every open request (``kill_all_applications``).
+A sync view cancelled this way keeps its thread, and the connection that
+thread took from Django's PostgreSQL pool is never handed back (Django
+returns it at ``request_finished``, which no longer runs), so the other
+writers' threads wait out the pool's timeout (10 s) before the process can
+exit. ``close_database_pools_on_shutdown`` closes the pools first: a thread
+waiting for a connection fails at once, a connection in use is closed when
+its thread is done with it, and a commit in progress still completes.
+
+All of them are applied by ``events_app.hardening.install`` (from the app's
+``ready()``); without daphne installed they do nothing.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
+
+from django.db import connections
 
 from .backpressure import bound_client_buffers, socket_transport, unsent_bytes
 from .conf import humaninput_settings
@@ -124,3 +136,38 @@ def mask_access_log_tokens() -> None:
 
     AccessLogGenerator.__call__ = log_entry
     setattr(AccessLogGenerator, _PATCHED, True)
+
+
+# How long closing a pool waits for its worker threads at shutdown.
+POOL_CLOSE_TIMEOUT = 1.0
+
+
+def close_database_pools() -> None:
+    """Close every PostgreSQL connection pool this process opened (Django's ``OPTIONS["pool"]``)."""
+    for alias in connections:
+        # The pools are the backend class's, keyed by alias; ``.pool`` would create a missing one.
+        pools = getattr(type(connections[alias]), "_connection_pools", {})
+        pool = pools.get(alias)
+        if pool is not None and not pool.closed:
+            pool.close(timeout=POOL_CLOSE_TIMEOUT)
+
+
+def close_database_pools_on_shutdown() -> None:
+    """Patch daphne's ``Server.kill_all_applications`` to close the pools first; safe to call twice."""
+    try:
+        from daphne.server import Server
+    except ImportError:
+        return
+    if getattr(Server.kill_all_applications, _PATCHED, False):
+        return
+    original = Server.kill_all_applications
+
+    def kill_all_applications(self: Any) -> Any:
+        try:
+            close_database_pools()
+        except Exception as error:  # never in the way of the shutdown itself
+            logging.getLogger(__name__).warning("closing the database pools failed: %r", error)
+        return original(self)
+
+    setattr(kill_all_applications, _PATCHED, True)
+    Server.kill_all_applications = kill_all_applications

@@ -8,7 +8,9 @@ ASGI server we ship with) where its defaults fail our contract —
   not a dropped connection (``daphne_compat.enforce_websocket_limits``);
 * tokens never reach the access log (``daphne_compat.mask_access_log_tokens``);
 * a client that stops reading is paced, then dropped, instead of growing
-  the process without bound (``backpressure.bound_client_buffers``).
+  the process without bound (``backpressure.bound_client_buffers``);
+* a SIGTERM under write load exits at once rather than after the PostgreSQL
+  pool's timeout (``daphne_compat.close_database_pools_on_shutdown``).
 
 Those patches read attributes of daphne, autobahn and Twisted that are not
 public API. They were written for the versions in ``SUPPORTED``; rather
@@ -28,7 +30,7 @@ from importlib import metadata
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .daphne_compat import enforce_websocket_limits, mask_access_log_tokens
+from .daphne_compat import close_database_pools_on_shutdown, enforce_websocket_limits, mask_access_log_tokens
 
 # distribution -> (lowest supported, first unsupported), as in pyproject.toml.
 SUPPORTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -98,3 +100,4 @@ def install() -> None:
         )
     enforce_websocket_limits()
     mask_access_log_tokens()
+    close_database_pools_on_shutdown()

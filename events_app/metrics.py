@@ -17,7 +17,6 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
-from asgiref.sync import async_to_sync
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
@@ -29,6 +28,7 @@ from .auth import authenticate_request, bearer_token, matches_secret
 from .conf import humaninput_settings
 from .exceptions import HumanInputError, PermissionDenied
 from .http import error_response
+from .loops import serving_loop
 from .models import EventType, HumanInputRequest, RequestStatus
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,17 @@ def _event_loop_counts() -> tuple[int, int | None]:
     return len(asyncio.all_tasks()), members
 
 
+# A scrape waits this long for the loop to count (a stopping loop never answers).
+READ_TIMEOUT_SECONDS = 1.0
+
+
+def _on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 async def _aevent_loop_counts() -> tuple[int, int | None]:
     return _event_loop_counts()
 
@@ -146,14 +157,15 @@ class EventLoopCollector(Collector):
         yield GaugeMetricFamily(*self.MEMBERS)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        loop = serving_loop()
+        if loop is None or not loop.is_running():
+            return  # no server here, or one shutting down: nothing to count, nothing to wait for
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            read = async_to_sync(_aevent_loop_counts)
-        else:
-            read = _event_loop_counts  # called on the loop itself (in-process tests)
-        try:
-            tasks, members = read()
+            if _on(loop):
+                tasks, members = _event_loop_counts()  # scraped on the loop itself (in-process tests)
+            else:
+                future = asyncio.run_coroutine_threadsafe(_aevent_loop_counts(), loop)
+                tasks, members = future.result(timeout=READ_TIMEOUT_SECONDS)
         except Exception as error:
             logger.warning("metrics: could not count the event loop's tasks: %r", error)
             return
