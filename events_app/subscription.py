@@ -119,8 +119,12 @@ class GroupListener:
         receiver, self._receiver = self._receiver, None
         try:
             for channel in memberships:
+                discard = asyncio.ensure_future(self.layer.group_discard(self.group, channel))
+                # Shielded, it outlives a cancelled leave(); its failure is then nobody's to
+                # await, and asyncio would print it as "Task exception was never retrieved".
+                discard.add_done_callback(_note_failed_discard)
                 try:
-                    await asyncio.shield(self.layer.group_discard(self.group, channel))
+                    await asyncio.shield(discard)
                 except Exception as error:
                     logger.warning("could not leave group %s: %r", self.group, error)
         finally:
@@ -142,6 +146,12 @@ class GroupListener:
                 return await self.messages.get()
         except TimeoutError:
             return None
+
+
+def _note_failed_discard(discard: asyncio.Future[None]) -> None:
+    """Called when a group_discard ends: its error is retrieved (and logged if nobody awaited it)."""
+    if not discard.cancelled() and (error := discard.exception()) is not None:
+        logger.debug("group_discard failed: %r", error)
 
 
 class SharedRead:
