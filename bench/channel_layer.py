@@ -13,8 +13,11 @@ latency at the scenario-1 rate (50 events/s, open loop), and throughput
 executions so their events stay in order). Figures: events/s until the
 last delivery, p50/p99 publish → receive, and how fast the 701 channels were
 created and joined (100 at a time, as a reconnect storm would). A layer may drop messages
-(core: over capacity; pubsub: at most once); that is reported, not failed,
-since the service recovers by catch-up.
+(core: over capacity or past expiry; pubsub: at most once); that is reported, not failed,
+since the service recovers by catch-up. The drain ends once every message is in or
+nothing has arrived for 3 s (a backlog still drains; a dropped message never comes).
+On Python 3.11 a core ``receive()`` can ignore its cancellation (``roles.LayerSubscriber``):
+the listener counts the receives that ignored the first cancel and that outlived the second.
 
 End to end, through daphne with ``REDIS_CHANNEL_LAYER=core`` and ``pubsub``:
 scenario 1's workload (its latency and loss checks apply; the default
@@ -39,13 +42,17 @@ from bench.roles import layer_publisher, service_writer, subscribers
 LAYERS = ("core", "pubsub")
 DEFAULT_LAYER = "pubsub"  # REDIS_CHANNEL_LAYER's default in humaninput_project/settings.py
 PER_GROUP = 7
+# The direct phases' drain: over once nothing has arrived for QUIET_SECONDS (the rest was dropped),
+# or at DRAIN_SECONDS whatever still trickles in.
+QUIET_SECONDS = 3.0
+DRAIN_SECONDS = 60.0
 
 
 def direct(ctx: Context, kind: str, rate: float | None, name: str) -> dict[str, Any]:
     """One phase on the bare layer: listeners, one publisher, drain; events/s and latency."""
     scale = ctx.scale
     executions = ctx.executions(f"{name}-{kind}", scale.executions)
-    layer = {"layer": kind, "redis_url": ctx.backend.redis_url}
+    layer = {"layer": kind, "redis_url": ctx.backend.redis_url, "layer_prefix": f"bench{ctx.tag}"}
     with (
         workers(1, subscribers, ctx.client_cpus, transport="layer", **layer) as (listeners,),
         workers(
@@ -65,9 +72,10 @@ def direct(ctx: Context, kind: str, rate: float | None, name: str) -> dict[str, 
         started = time.monotonic()
         publisher.send("go")
         sent = publisher.expect("result", scale.layer_seconds + 120)
-        # No catch-up on a bare layer: a message arrives within milliseconds or never.
-        listeners.send("drain", {"expected": sent["per_execution"], "timeout": 3})
-        complete = listeners.expect("drained", 30)["complete"]
+        # No catch-up on a bare layer: a backlog keeps arriving, a dropped message never does.
+        drain = {"expected": sent["per_execution"], "timeout": DRAIN_SECONDS, "idle": QUIET_SECONDS}
+        listeners.send("drain", drain)
+        complete = listeners.expect("drained", DRAIN_SECONDS + 30)["complete"]
         seconds = time.monotonic() - started
         listeners.send("stop", {"expected": sent["per_execution"]})
         summary = listeners.expect("result", 60)
@@ -83,6 +91,8 @@ def direct(ctx: Context, kind: str, rate: float | None, name: str) -> dict[str, 
         "p99": latency["p99"],
         "complete": complete,
         "join_per_s": len(channels) / joined["seconds"],
+        "ignored_cancel": summary["ignored_cancel"],
+        "running_after_cancel": summary["running_after_cancel"],
     }
 
 
@@ -160,6 +170,9 @@ def run(ctx: Context) -> Result:
             result.add(
                 f"{label} join rate (new_channel + group_add)", median(found, "join_per_s"), "channels/s"
             )
+            for key, what in (("ignored_cancel", "ignored"), ("running_after_cancel", "outlived")):
+                count = sum(each[key] for each in found)
+                result.add(f"{label} receives that {what} a cancel (listener stop)", count, "tasks")
         elif phase == "e2e burst":
             result.add(f"{label} delivered events/s", median(found, "events_per_s"), "events/s")
             result.add(f"{label} WS p50", median(found, "p50"), "ms")

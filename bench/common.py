@@ -182,9 +182,12 @@ def merge(summaries: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "out_of_order": 0,
     }
     merged.update(disconnected=0, errors=[], latencies=[], spread={})
+    merged.update(ignored_cancel=0, running_after_cancel=0)
     for summary in summaries:
         for key in ("connections", "deliveries", "lost", "duplicated", "out_of_order", "disconnected"):
             merged[key] += summary[key]
+        for key in ("ignored_cancel", "running_after_cancel"):
+            merged[key] += summary.get(key, 0)
         merged["errors"] += summary["errors"]
         merged["latencies"] += summary["latencies"]
         for sequence, (event_at, first, last, count) in (summary["spread"] or {}).items():

@@ -10,7 +10,9 @@
   whole start-up wait. It is pinned to the server CPU.
 - ``Worker`` runs one client role (``roles.py``) in a process of its own,
   pinned to the client CPUs, driven by ``(kind, data)`` messages over a pipe;
-  every wait has a deadline and every process is killed in ``finally``.
+  every wait has a deadline and every process is killed in ``finally``. A
+  role's reply is sent before its process tears down, and the teardown is
+  bounded too (``TEARDOWN_SECONDS``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ API_KEY = "bench-api-key"
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 SPAWN = multiprocessing.get_context("spawn")
+# How long a client process waits, after its reply, for the tasks its role left to end when cancelled.
+TEARDOWN_SECONDS = 5.0
 
 
 def raise_fd_limit() -> None:
@@ -80,6 +84,16 @@ class Backend:
     redis_url: str | None = None
 
 
+def pg_connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit PostgreSQL connection whose connect and statements have deadlines."""
+    return psycopg.connect(url, autocommit=True, connect_timeout=10, options="-c statement_timeout=60s")
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client whose connect and replies have deadlines."""
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+
+
 def run_checked(argv: Sequence[str], env: dict[str, str], timeout: float) -> None:
     result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode:
@@ -101,10 +115,10 @@ def backend(name: str, workdir: Path, redis_db: int) -> Iterator[Backend]:
         {"DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", "REDIS_URL": redis_url},
         redis_url,
     )
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+    with pg_connect(PG_ADMIN_URL) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{database}"')
-    store = redis.Redis.from_url(redis_url)
+    store = redis_client(redis_url)
     try:
         store.flushdb()
         run_checked([PYTHON, "manage.py", "migrate", "--noinput"], server_env(chosen), timeout=120)
@@ -113,7 +127,7 @@ def backend(name: str, workdir: Path, redis_db: int) -> Iterator[Backend]:
         with contextlib.suppress(Exception):
             store.flushdb()
         store.close()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        with pg_connect(PG_ADMIN_URL) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
@@ -295,15 +309,43 @@ class Control:
         return data
 
 
+async def _serve(conn: Any, role: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Run ``role`` and send its reply from inside the loop, then stop what it left running.
+
+    The reply goes out before any teardown: ``asyncio.run`` would otherwise
+    send it only after cancelling every leftover task and waiting for each
+    without a deadline, and a task that ignores its cancellation (a
+    channels_redis core ``receive()`` can, see ``roles.LayerSubscriber``)
+    kept the reply from the orchestrator forever.
+    """
+    try:
+        reply = ("result", await role(Control(conn), **kwargs))
+    except BaseException:
+        reply = ("error", traceback.format_exc())
+    conn.send(reply)
+    current = asyncio.current_task()
+    leftovers = {task for task in asyncio.all_tasks() if task is not current}
+    for task in leftovers:
+        task.cancel()
+    if leftovers:
+        _, pending = await asyncio.wait(leftovers, timeout=TEARDOWN_SECONDS)
+        if pending:
+            # Nothing is owed any more: end the process rather than wait on them.
+            print(
+                f"client process {os.getpid()}: {len(pending)} tasks still running "
+                f"{TEARDOWN_SECONDS:g} s after their cancellation; exiting without them",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.stdout.flush()
+            os._exit(0)
+
+
 def _worker_main(conn: Any, role: Callable[..., Any], cpus: set[int] | None, kwargs: dict[str, Any]) -> None:
     raise_fd_limit()
     if cpus:
         os.sched_setaffinity(0, cpus)
-    try:
-        result = asyncio.run(role(Control(conn), **kwargs))
-        conn.send(("result", result))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
+    asyncio.run(_serve(conn, role, kwargs))
 
 
 class Worker:

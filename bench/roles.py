@@ -4,7 +4,8 @@ Every role is ``async def role(control, *, index, ...)`` run by ``harness.Worker
 in a process of its own. Subscriber roles follow one command protocol:
 ``connect`` (open connections, reply ``connected`` once each is open and holds
 its replay), ``drain`` (reply ``drained`` once every connection holds events
-1..n of its execution, or at the deadline), ``stop`` (return the summary).
+1..n of its execution, or at the deadline), ``stop`` (return the summary,
+once the connections' tasks have ended or a deadline has passed).
 
 Each subscriber checks every event's per-execution ``sequence``: an event
 seen before is *duplicated*, one lower than the highest already seen is
@@ -44,6 +45,10 @@ GROUP_PREFIX = "humaninput."
 INBOX_GROUP = "humaninput-inbox"
 PROMPT = "Deploy release 1.2 to production? All checks are green; the change log is attached."
 LONG = 3600.0
+# How long ``stop`` waits for the subscribers' tasks to end once cancelled, and once cancelled
+# again (a task can ignore its cancellation, see ``LayerSubscriber``).
+CANCEL_GRACE = 1.0
+STOP_SECONDS = 5.0
 
 
 def event_time(event: dict[str, Any]) -> float:
@@ -282,16 +287,32 @@ class LongPollSubscriber(Subscriber):
         self.http.close()
 
 
-def redis_layer(kind: str, redis_url: str) -> Any:
-    """A channels_redis layer configured as ``humaninput_project.settings`` configures it."""
+def redis_layer(kind: str, redis_url: str, prefix: str) -> Any:
+    """A channels_redis layer configured as ``humaninput_project.settings`` configures it.
+
+    Except for its ``prefix``, which a run makes its own: Redis pub/sub
+    channels ignore the database number, so with the default prefix every
+    ``humaninput-inbox`` follower on the same Redis server (a dev server, a
+    test run) would get the bench's messages, and the bench theirs.
+    """
     hosts = [{"address": redis_url, "socket_timeout": 15, "socket_connect_timeout": 3}]
     if kind == "core":
-        return RedisChannelLayer(hosts=hosts, capacity=10_000, expiry=60)
-    return RedisPubSubChannelLayer(hosts=hosts)
+        return RedisChannelLayer(hosts=hosts, prefix=prefix, capacity=10_000, expiry=60)
+    return RedisPubSubChannelLayer(hosts=hosts, prefix=prefix)
 
 
 class LayerSubscriber(Subscriber):
-    """A channel of its own in the execution's group (or the inbox group), received like a consumer."""
+    """A channel of its own in the execution's group (or the inbox group), received like a consumer.
+
+    Its task may not end when cancelled: on Python 3.11 the core layer's
+    receive can swallow the cancellation (with the settings' ``socket_timeout``
+    redis-py writes each command under ``asyncio.wait_for``, which returns
+    instead of raising when the write ends as the cancellation lands, CPython
+    gh-86296) and the task carries on: a blocking pop every 5 s, for ever.
+    So ``Fleet.stop_following`` counts the tasks still running a moment after
+    their cancellation and cancels them again (the second one lands in the
+    blocking read, which honours it), each wait with a deadline.
+    """
 
     async def open(self) -> None:
         layer = self.fleet.layer
@@ -356,14 +377,46 @@ class Fleet:
         return {"seconds": time.monotonic() - started, "failed": len(failures), "errors": failures[:3]}
 
     async def drain(self, data: dict[str, Any]) -> dict[str, Any]:
-        expected = data["expected"]
+        """Wait until every subscriber holds ``expected``; not complete after ``timeout`` seconds,
+        when a connection ended, or (with ``idle``) once nothing new arrived for ``idle`` seconds:
+        a layer with a backlog still delivers, one that dropped a message never will."""
+        expected, idle = data["expected"], data.get("idle")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + data["timeout"]
+        pending = {asyncio.ensure_future(each.wait_for(expected)) for each in self.subscribers}
+        failed = False
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(each.wait_for(expected) for each in self.subscribers)), data["timeout"]
-            )
-        except (TimeoutError, ConnectionError):
-            return {"complete": False}
-        return {"complete": True}
+            while pending and not failed and (left := deadline - loop.time()) > 0:
+                received = len(self.latencies)
+                done, pending = await asyncio.wait(
+                    pending, timeout=min(left, idle or left), return_when=asyncio.FIRST_EXCEPTION
+                )
+                failed = any(task.exception() is not None for task in done)
+                if idle and len(self.latencies) == received:
+                    break
+        finally:
+            for task in pending:
+                task.cancel()
+        return {"complete": not pending and not failed}
+
+    async def stop_following(self) -> dict[str, int]:
+        """Cancel every subscriber's task and wait for them, with deadlines.
+
+        One still running ``CANCEL_GRACE`` seconds after its cancellation has
+        ignored it (see ``LayerSubscriber``) and is cancelled once more; the
+        counts of both kinds are returned.
+        """
+        for task in self.tasks:
+            task.cancel()
+        running: set[asyncio.Task[None]] = set()
+        if self.tasks:
+            _, running = await asyncio.wait(self.tasks, timeout=CANCEL_GRACE)
+        ignored = len(running)
+        for task in running:
+            task.cancel()
+        if running:
+            _, running = await asyncio.wait(running, timeout=STOP_SECONDS)
+        return {"ignored_cancel": ignored, "running_after_cancel": len(running)}
 
     def summary(self, expected: dict[str, int]) -> dict[str, Any]:
         checks = [check for each in self.subscribers for check in each.checks.values()]
@@ -383,6 +436,8 @@ class Fleet:
             "errors": sorted({each.error for each in self.subscribers if each.error})[:3],
             "latencies": self.latencies,
             "spread": self.spread,
+            "ignored_cancel": 0,
+            "running_after_cancel": 0,
         }
 
 
@@ -394,10 +449,12 @@ async def subscribers(
     port: int = 0,
     layer: str | None = None,
     redis_url: str | None = None,
+    layer_prefix: str = "asgi",
     spread: bool = False,
 ) -> dict[str, Any]:
     """Connections of one transport; driven by ``connect`` / ``drain`` / ``stop`` commands."""
-    fleet = Fleet(transport, port, redis_layer(layer, redis_url) if layer and redis_url else None, spread)
+    direct = redis_layer(layer, redis_url, layer_prefix) if layer and redis_url else None
+    fleet = Fleet(transport, port, direct, spread)
     # The pub/sub layer logs every receive() cancelled at exit (unsubscribing); nothing is lost then.
     logging.getLogger("channels_redis").setLevel(logging.CRITICAL)
     try:
@@ -408,7 +465,7 @@ async def subscribers(
             elif kind == "drain":
                 control.send("drained", await fleet.drain(data))
             elif kind == "stop":
-                return fleet.summary(data["expected"])
+                return {**fleet.summary(data["expected"]), **await fleet.stop_following()}
     finally:
         for task in fleet.tasks:
             task.cancel()
@@ -556,6 +613,7 @@ async def layer_publisher(
     index: int,
     layer: str,
     redis_url: str,
+    layer_prefix: str,
     executions: list[str],
     duration: float,
     rate: float | None = None,
@@ -567,7 +625,7 @@ async def layer_publisher(
     senders each own a share of the executions (so each execution's events
     stay in order) and send as fast as the layer takes them.
     """
-    channel_layer = redis_layer(layer, redis_url)
+    channel_layer = redis_layer(layer, redis_url, layer_prefix)
     control.send("ready")
     await control.expect("go", LONG)
     loop = asyncio.get_running_loop()

@@ -62,9 +62,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import psycopg
-import redis
-
 from bench.common import SCALES, Context, Result, percentiles, spread_evenly, with_scale
 from bench.harness import (
     API_KEY,
@@ -77,7 +74,9 @@ from bench.harness import (
     cpu_split,
     exit_status,
     http_get,
+    pg_connect,
     raise_fd_limit,
+    redis_client,
     scratch_dir,
     split,
     wait_until,
@@ -136,7 +135,7 @@ def database_connections(chosen: Backend) -> int | None:
     if chosen.redis_url is None:
         return None
     name = chosen.env["DATABASE_URL"].rsplit("/", 1)[1]
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+    with pg_connect(PG_ADMIN_URL) as admin:
         row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()
     return int(row[0]) if row else None
 
@@ -170,7 +169,7 @@ def pubsub_subscriptions(chosen: Backend, servers: list[ServerProcess]) -> list[
     """
     if chosen.redis_url is None:
         return None
-    store = redis.Redis.from_url(chosen.redis_url)
+    store = redis_client(chosen.redis_url)
     try:
         held = {entry["addr"]: int(entry.get("sub", 0)) for entry in store.client_list()}
     finally:
@@ -190,7 +189,7 @@ def log_heads(chosen: Backend, prefix: str) -> dict[str, tuple[int, int, int]]:
         with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as database:
             found = database.execute(query.format("?"), (prefix + "%",)).fetchall()
     else:
-        with psycopg.connect(url, autocommit=True) as database:
+        with pg_connect(url) as database:
             found = database.execute(query.format("%s"), (prefix + "%",)).fetchall()
     return {name: (int(count), int(low), int(high)) for name, count, low, high in found}
 

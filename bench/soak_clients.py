@@ -479,7 +479,7 @@ async def soak_writer(
             errors.append(f"{action} {execution_id}: {describe(error)}")
             connection.close()
             with contextlib.suppress(Exception):
-                await connection.open()
+                await asyncio.wait_for(connection.open(), WRITE_TIMEOUT)
             return
         latencies.append(time.perf_counter() - sent)
         statuses[f"{action} {status}"] += 1
