@@ -133,6 +133,11 @@ class GroupListener:
             if receiver is not None:
                 receiver.cancel()
                 await asyncio.wait({receiver}, timeout=1.0)
+                if not receiver.done():
+                    # On 3.11 a receive can swallow the cancel (redis-py's wait_for,
+                    # CPython gh-86296) and poll on for ever: cancel it again.
+                    receiver.cancel()
+                    await asyncio.wait({receiver}, timeout=1.0)
 
     async def receive(self, wait: float) -> dict[str, Any] | None:
         """The next message, or None after ``wait`` seconds.
