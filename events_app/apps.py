@@ -13,8 +13,10 @@ class EventsAppConfig(AppConfig):
 
     def ready(self) -> None:
         """Called once Django's apps are loaded: connect the publish receiver, register the
-        system checks, start expiry with the first request, harden the server."""
-        from . import checks, expiry, hardening, signals  # noqa: F401  (need the app registry)
+        system checks, start expiry with the first request, register the metrics collectors,
+        harden the server."""
+        from . import checks, expiry, metrics, server, signals  # noqa: F401  (need the app registry)
 
         request_started.connect(expiry.start_on_request, dispatch_uid="humaninput_expiry_scheduler")
-        hardening.install()
+        metrics.register_collectors()
+        server.install()

@@ -1,8 +1,10 @@
 """Who is asking: one place that turns a token or a session into a ``Principal``.
 
-Every transport (WebSocket, SSE, poll) and the REST API call ``authenticate``
-with what the client presented, then ``authorize`` for the execution and
-scope it wants. Three kinds of credential exist:
+Every entry point — the WebSocket consumer, the SSE and poll views (through
+``streaming.opening``), the DRF authentication class, the inbox stream and
+``/metrics`` — builds ``Credentials`` from what the client presented, calls
+``authenticate`` (or ``aauthenticate``), then ``authorize`` for the execution
+and scope it wants. Three kinds of credential exist:
 
 * the API key (``HUMANINPUT_API_KEY``): full access;
 * scoped tokens minted by ``issue_token``: one execution, scope ``read`` or
@@ -14,9 +16,10 @@ With no API key configured, anonymous full access is allowed only when
 to start otherwise).
 
 A scoped token is checked against the revocation list in the database each
-time it is presented, so ``authenticate`` may query: async callers use
-``aauthenticate``. Connections that stay open are re-checked by their
-``ExecutionSubscription`` at each catch-up.
+time it is presented (``check_not_revoked``, the one revocation check), so
+``authenticate`` may query: async callers use ``aauthenticate``. Connections
+that stay open are re-checked by their ``ExecutionSubscription`` at each
+catch-up, in one batched query per process (``revoked_token_ids``).
 
 A browser sends its session cookie with a WebSocket handshake from any page,
 so a session may open a WebSocket only from an allowed ``Origin``
@@ -40,12 +43,15 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from .conf import humaninput_settings
-from .exceptions import NotAuthenticated, PermissionDenied, TokenRevoked
+from .exceptions import NotAuthenticated, OriginNotAllowed, PermissionDenied, TokenRevoked
 from .models import ScopedToken
+from .params import Query
 
 READ = "read"
 RESPOND = "respond"
 SCOPES = (READ, RESPOND)
+# Not a token scope: what HUMANINPUT_METRICS_TOKEN gives (``/metrics`` and nothing else).
+METRICS = "metrics"
 _TOKEN_SALT = "humaninput.scoped-token"
 # Longer than any key or token we issue; refusing early bounds the work an
 # attacker can make us do per request.
@@ -67,6 +73,10 @@ class Principal:
     @property
     def is_full_access(self) -> bool:
         return self.execution_id is None and set(SCOPES) <= self.scopes
+
+    @property
+    def may_read_metrics(self) -> bool:
+        return self.is_full_access or METRICS in self.scopes
 
     def allows(self, *, execution_id: str, scope: str) -> bool:
         if self.execution_id is not None and self.execution_id != execution_id:
@@ -141,51 +151,6 @@ def revoked_token_ids(token_ids: list[str]) -> set[str]:
 arevoked_token_ids = database_sync_to_async(revoked_token_ids)
 
 
-def _principal_without_revocation(token: str | None, user: Any) -> Principal:
-    if token:
-        if len(token) > MAX_TOKEN_LENGTH:
-            raise NotAuthenticated()
-        if _is_api_key(token):
-            return Principal(name="api-key")
-        principal = _principal_from_scoped_token(token)
-        if principal is None:
-            raise NotAuthenticated("Invalid or expired token.")
-        return principal
-    if user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False):
-        return Principal(name=f"user:{user.get_username()}", via_session=True)
-    if anonymous_allowed():
-        return Principal(name="anonymous")
-    raise NotAuthenticated()
-
-
-def authenticate(*, token: str | None, user: Any = None) -> Principal:
-    """The principal behind ``token`` (API key or scoped token) or a staff ``user``.
-
-    A token that is present but wrong is refused even where anonymous
-    access would be allowed: a client that sends a credential expects it to
-    be checked. Raises ``NotAuthenticated`` (``TokenRevoked`` for a revoked
-    token). Queries the revocation list: from async code use ``aauthenticate``.
-    """
-    principal = _principal_without_revocation(token, user)
-    if principal.token_id and revoked_token_ids([principal.token_id]):
-        raise TokenRevoked()
-    return principal
-
-
-async def aauthenticate(*, token: str | None, user: Any = None) -> Principal:
-    """``authenticate`` for async code: only a scoped token's revocation check leaves the loop."""
-    principal = _principal_without_revocation(token, user)
-    if principal.token_id and await arevoked_token_ids([principal.token_id]):
-        raise TokenRevoked()
-    return principal
-
-
-async def acheck_not_revoked(principal: Principal) -> None:
-    """Raise ``TokenRevoked`` if ``principal``'s token was revoked since it connected."""
-    if principal.token_id and await arevoked_token_ids([principal.token_id]):
-        raise TokenRevoked()
-
-
 def origin_allowed(origin: str | None) -> bool:
     """Whether a browser page at ``origin`` may use a session here.
 
@@ -232,17 +197,105 @@ def bearer_token(authorization: str | None) -> str | None:
 
 def http_token(request: Any) -> str | None:
     """The token of a Django request: the Bearer header first, then ``?token=``."""
-    return bearer_token(request.headers.get("Authorization")) or request.GET.get("token") or None
+    return (
+        bearer_token(request.headers.get("Authorization")) or Query.of_request(request).get("token") or None
+    )
 
 
-def authenticate_request(request: Any) -> Principal:
-    """``authenticate`` for a sync Django request (token first, then the session)."""
-    token = http_token(request)
-    return authenticate(token=token, user=None if token else getattr(request, "user", None))
+@dataclass(frozen=True)
+class Credentials:
+    """What a client presented: a token, a session's user, and (WebSocket only) its page's ``Origin``.
+
+    Built by the transport with one of the constructors below; ``authenticate``
+    and ``aauthenticate`` turn it into a ``Principal``.
+    """
+
+    token: str | None = None
+    user: Any = None
+    # A browser sends its cookies with a WebSocket handshake from any page, so a
+    # session used there must come from an allowed Origin (``origin_allowed``).
+    check_origin: bool = False
+    origin: str | None = None
+
+    @classmethod
+    def of_request(cls, request: Any) -> Credentials:
+        """A (sync) Django request's: the token, else the session's user (loaded lazily)."""
+        token = http_token(request)
+        return cls(token=token, user=None if token else getattr(request, "user", None))
+
+    @classmethod
+    async def of_async_request(cls, request: Any) -> Credentials:
+        """An async Django view's request: the session's user is loaded without blocking."""
+        token = http_token(request)
+        return cls(token=token, user=None if token else await request.auser())
+
+    @classmethod
+    def of_websocket(cls, scope: dict[str, Any]) -> Credentials:
+        """A WebSocket handshake's: ``?token=``, else the session's user, and the ``Origin``."""
+        token = Query.of_scope(scope).get("token") or None
+        origin = next(
+            (value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"origin"), None
+        )
+        return cls(token=token, user=None if token else scope.get("user"), check_origin=True, origin=origin)
 
 
-async def aauthenticate_request(request: Any) -> Principal:
-    """``authenticate`` for an async Django view."""
-    token = http_token(request)
-    user = None if token else await request.auser()
-    return await aauthenticate(token=token, user=user)
+def _principal(credentials: Credentials, *, metrics: bool) -> Principal:
+    """The principal before the revocation check (which needs the database)."""
+    token = credentials.token
+    if token:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise NotAuthenticated()
+        if _is_api_key(token):
+            return Principal(name="api-key")
+        if metrics and matches_secret(token, humaninput_settings.METRICS_TOKEN):
+            return Principal(name="metrics-token", scopes=frozenset({METRICS}))
+        principal = _principal_from_scoped_token(token)
+        if principal is None:
+            raise NotAuthenticated("Invalid or expired token.")
+        return principal
+    user = credentials.user
+    if user is not None and getattr(user, "is_authenticated", False) and getattr(user, "is_staff", False):
+        if credentials.check_origin and not origin_allowed(credentials.origin):
+            raise OriginNotAllowed()
+        return Principal(name=f"user:{user.get_username()}", via_session=True)
+    if anonymous_allowed():
+        return Principal(name="anonymous")
+    raise NotAuthenticated()
+
+
+def authenticate(credentials: Credentials, *, metrics: bool = False) -> Principal:
+    """The principal behind ``credentials``: API key, scoped token, or a staff session.
+
+    A token that is present but wrong is refused even where anonymous access
+    would be allowed: a client that sends a credential expects it to be
+    checked. ``metrics=True`` also takes ``HUMANINPUT_METRICS_TOKEN`` (for
+    ``/metrics`` alone). Raises ``NotAuthenticated`` (``TokenRevoked`` for a
+    revoked token) or ``OriginNotAllowed``. Queries the revocation list: from
+    async code use ``aauthenticate``.
+    """
+    principal = _principal(credentials, metrics=metrics)
+    check_not_revoked(principal)
+    return principal
+
+
+async def aauthenticate(credentials: Credentials, *, metrics: bool = False) -> Principal:
+    """``authenticate`` for async code: only a scoped token's revocation check leaves the loop."""
+    principal = _principal(credentials, metrics=metrics)
+    await acheck_not_revoked(principal)
+    return principal
+
+
+def check_not_revoked(principal: Principal) -> None:
+    """Raise ``TokenRevoked`` if ``principal``'s token is on the revocation list.
+
+    The one revocation check: at authentication, before a WebSocket answer,
+    and (batched for every open connection) at each subscription's catch-up.
+    """
+    if principal.token_id and revoked_token_ids([principal.token_id]):
+        raise TokenRevoked()
+
+
+async def acheck_not_revoked(principal: Principal) -> None:
+    """``check_not_revoked`` for async code."""
+    if principal.token_id and await arevoked_token_ids([principal.token_id]):
+        raise TokenRevoked()

@@ -45,7 +45,7 @@ OPTIONS: dict[str, Option] = {
     # Embedded default only (SQLite file + in-memory layer, which cannot ring
     # across processes): how often each server process asks SQLite whether
     # another process (`manage.py humaninput_ask`, a second daphne) committed,
-    # and if so rings its own subscribers (events_app.crossprocess). A check is
+    # and if so rings its own subscribers (events_app.streaming.crossprocess). A check is
     # `PRAGMA data_version`, not a query; 0 turns it off, and such events then
     # wait for the catch-up.
     "CROSS_PROCESS_CHECK_SECONDS": Option(0.25, float, 0, 60),
@@ -63,7 +63,7 @@ OPTIONS: dict[str, Option] = {
     "WS_MAX_MESSAGE_BYTES": Option(65536, int, 1, 64 * 1024 * 1024),
     # Output a connection may hold unsent before its sender waits for the
     # client to read; a client still that far behind after the timeout is
-    # dropped (it resumes from its cursor). See events_app.backpressure.
+    # dropped (it resumes from its cursor). See events_app.server.backpressure.
     "MAX_CLIENT_BUFFER_BYTES": Option(1024 * 1024, int, 1024, 1024 * 1024 * 1024),
     "SLOW_CLIENT_TIMEOUT_SECONDS": Option(10.0, float, 0.01, 3600),
     # A group_send that takes longer than this is abandoned (and counted).

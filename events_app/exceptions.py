@@ -119,3 +119,15 @@ class InvalidJson(InvalidMessage):
 class UnknownMessageType(InvalidMessage):
     code = "unknown_type"
     default_detail = "Unknown message type."
+
+
+class ServiceUnavailable(HumanInputError):
+    """The database did not answer while a stream was being opened: the client retries.
+
+    WebSocket close 1013 is the protocol's own "try again later".
+    """
+
+    code = "service_unavailable"
+    http_status = 503
+    ws_close_code = 1013
+    default_detail = "The database is unavailable; try again shortly."

@@ -6,11 +6,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .auth import WWW_AUTHENTICATE
-from .exceptions import HumanInputError, InvalidParameter, MethodNotAllowed, UnknownEndpoint
+from .exceptions import HumanInputError, MethodNotAllowed, UnknownEndpoint
 
 
 def error_headers(error: HumanInputError) -> dict[str, str]:
@@ -25,18 +25,6 @@ def error_headers(error: HumanInputError) -> dict[str, str]:
 def error_response(error: HumanInputError) -> JsonResponse:
     """The JSON body and status of a domain error."""
     return JsonResponse(error.as_dict(), status=error.http_status, headers=error_headers(error))
-
-
-def query_value(query: QueryDict, name: str) -> str | None:
-    """The value of query parameter ``name``, None if absent.
-
-    Given twice (``?limit=1&limit=5``) it is ambiguous, and Django would quietly
-    keep the last one, unchecked values before it included: ``InvalidParameter``.
-    """
-    values = query.getlist(name)
-    if len(values) > 1:
-        raise InvalidParameter(f"{name} must be given at most once.", field=name)
-    return values[0] if values else None
 
 
 def get_only(view: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,24 +10,29 @@ itself, and the snapshot it then receives is its resume.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
 from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.db import Error as DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from .auth import aauthenticate_request
+from .auth import Credentials
 from .conf import humaninput_settings
 from .events import INBOX_GROUP, format_timestamp
-from .exceptions import HumanInputError, PermissionDenied
+from .exceptions import HumanInputError, ServiceUnavailable
 from .http import error_response, get_only
-from .log import async_reader, validate_execution_id
+from .log import async_reader
 from .metrics import SUBSCRIBERS
 from .models import HumanInputRequest, RequestStatus
-from .sse import event_stream_response, format_data, format_heartbeat
-from .subscription import GroupListener
+from .params import Query, validate_execution_id
+from .streaming.opening import open_inbox
+from .streaming.sse import event_stream_response, format_data
+from .streaming.subscription import GroupListener
+
+logger = logging.getLogger(__name__)
 
 INBOX_LIMIT = 500
 
@@ -69,53 +74,69 @@ def inbox_page(request: HttpRequest, execution_id: str | None = None) -> HttpRes
     return render(request, "events_app/inbox.html", {"execution_id": execution_id})
 
 
-async def _inbox_stream(execution_id: str | None) -> AsyncIterator[str]:
-    loop = asyncio.get_running_loop()
-    yield f"retry: {humaninput_settings.SSE_RETRY_MILLISECONDS}\n\n"
-    listener = GroupListener(INBOX_GROUP)
-    SUBSCRIBERS.labels("inbox").inc()
-    try:
-        await listener.join()
-        snapshot = await apending_requests(execution_id=execution_id)
-        yield format_data({"type": "snapshot", "pending": snapshot})
-        next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
-        quiet_since = loop.time()
-        while True:
-            now = loop.time()
-            wait = min(next_check, quiet_since + humaninput_settings.SSE_HEARTBEAT_SECONDS) - now
-            message = await listener.receive(max(0.0, wait))
-            if message is not None:
-                event = message.get("event") or {}
-                if execution_id is None or event.get("execution_id") == execution_id:
-                    yield format_data(event)
-                    quiet_since = loop.time()
-                continue
-            if loop.time() >= next_check:
-                await listener.join()  # rejoin after a layer failure; no-op otherwise
-                fresh = await apending_requests(execution_id=execution_id)
-                if fresh != snapshot:
-                    snapshot = fresh
-                    yield format_data({"type": "snapshot", "pending": snapshot})
-                    quiet_since = loop.time()
-                next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
-            if loop.time() >= quiet_since + humaninput_settings.SSE_HEARTBEAT_SECONDS:
-                yield format_heartbeat()
-                quiet_since = loop.time()
-    finally:
+class InboxFeed:
+    """The inbox as SSE messages: a snapshot, then each event rung on the inbox group.
+
+    Every ``HUMANINPUT_CATCHUP_SECONDS`` the snapshot is read again and sent
+    if it changed (a doorbell was lost); if the database does not answer then,
+    the next check retries. A snapshot that cannot be read at the start ends
+    the stream with an error message (``sse``), and EventSource reconnects.
+    """
+
+    def __init__(self, execution_id: str | None) -> None:
+        self.execution_id = execution_id
+        self.listener = GroupListener(INBOX_GROUP)
+        self.snapshot: list[dict[str, Any]] | None = None
+        self.next_check = 0.0
+
+    async def __aenter__(self) -> InboxFeed:
+        SUBSCRIBERS.labels("inbox").inc()
+        try:
+            await self.listener.join()
+        except BaseException:
+            SUBSCRIBERS.labels("inbox").dec()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         SUBSCRIBERS.labels("inbox").dec()
-        await listener.leave()
+        await self.listener.leave()
+
+    def _snapshot_message(self, snapshot: list[dict[str, Any]]) -> list[str]:
+        self.snapshot = snapshot
+        return [format_data({"type": "snapshot", "pending": snapshot})]
+
+    async def next_messages(self, max_wait: float) -> list[str]:
+        loop = asyncio.get_running_loop()
+        if self.snapshot is None:
+            self.next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
+            try:
+                return self._snapshot_message(await apending_requests(execution_id=self.execution_id))
+            except DatabaseError as error:
+                raise ServiceUnavailable() from error
+        message = await self.listener.receive(max(0.0, min(max_wait, self.next_check - loop.time())))
+        if message is not None:
+            event = message.get("event") or {}
+            wanted = self.execution_id is None or event.get("execution_id") == self.execution_id
+            return [format_data(event)] if wanted else []
+        if loop.time() < self.next_check:
+            return []
+        self.next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
+        await self.listener.join()  # rejoin after a layer failure; no-op otherwise
+        try:
+            fresh = await apending_requests(execution_id=self.execution_id)
+        except DatabaseError as error:
+            logger.warning("database unavailable; the inbox snapshot retries at its next check: %r", error)
+            return []
+        return self._snapshot_message(fresh) if fresh != self.snapshot else []
 
 
 @get_only
 async def inbox_stream(request: HttpRequest) -> HttpResponse:
     """``/inbox/stream?execution_id=``: the SSE feed of the inbox (full access only)."""
     try:
-        principal = await aauthenticate_request(request)
-        if not principal.is_full_access:
-            raise PermissionDenied("The inbox needs a staff session or the API key.")
-        execution_id = request.GET.get("execution_id") or None
-        if execution_id is not None:
-            validate_execution_id(execution_id)
+        execution_id = Query.of_request(request).get("execution_id") or None
+        await open_inbox(await Credentials.of_async_request(request), execution_id=execution_id)
     except HumanInputError as error:
         return error_response(error)
-    return event_stream_response(_inbox_stream(execution_id))
+    return event_stream_response(InboxFeed(execution_id))

@@ -1,75 +1,19 @@
 """Reading the event log: the one read path behind WebSocket, SSE and polling.
 
-Input checks every transport shares (execution id, cursor, limit, wait) live
-here too, so a malformed value gets the same answer everywhere.
+What clients send (execution ids, cursors, numbers) is checked in ``params``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
 
-from .exceptions import InvalidCursor, InvalidExecutionId, InvalidParameter
 from .models import ExecutionSequence, HumanInputEvent
 
-EXECUTION_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-CURSOR_RE = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
-)
-
 Payload = dict[str, Any]
-
-
-def validate_execution_id(value: Any) -> str:
-    """``value`` if it is a valid execution id, else ``InvalidExecutionId``."""
-    if not isinstance(value, str) or not EXECUTION_ID_RE.fullmatch(value):
-        raise InvalidExecutionId()
-    return value
-
-
-def parse_cursor(value: str | None) -> uuid.UUID | None:
-    """The ``last_event_id`` a client sent: ``None`` (absent or empty) or a UUID.
-
-    Anything else raises ``InvalidCursor``. Only the canonical hyphenated form
-    and 32 bare hex digits are accepted; not the braces, ``urn:uuid:`` prefix
-    or odd hyphenation that ``uuid.UUID`` would also take.
-    """
-    if value is None or value == "":
-        return None
-    uuid_value = parse_uuid_text(value)
-    if uuid_value is None:
-        raise InvalidCursor()
-    return uuid_value
-
-
-def parse_uuid_text(value: Any) -> uuid.UUID | None:
-    """``value`` as a UUID if it is one in the canonical form or as 32 hex digits, else None.
-
-    Stricter than ``uuid.UUID``, which also takes braces, a ``urn:uuid:``
-    prefix, odd hyphenation and non-ASCII digits: an id is one spelling.
-    """
-    if not isinstance(value, str) or not CURSOR_RE.fullmatch(value):
-        return None
-    return uuid.UUID(value)
-
-
-def parse_bounded_number(
-    value: str | None, *, name: str, default: float, minimum: float, maximum: float, integer: bool
-) -> float:
-    """A numeric query parameter in ``[minimum, maximum]``, or ``InvalidParameter``."""
-    if value is None or value == "":
-        return default
-    try:
-        number: float = int(value) if integer else float(value)
-    except ValueError:
-        raise InvalidParameter(f"{name} must be a number.", field=name) from None
-    if number != number or not minimum <= number <= maximum:  # NaN or out of range
-        raise InvalidParameter(f"{name} must be between {minimum:g} and {maximum:g}.", field=name)
-    return number
 
 
 def resolve_cursor(*, execution_id: str, cursor: uuid.UUID | None) -> int:

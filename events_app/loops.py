@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
+from collections.abc import Callable
+from typing import TypeVar
 
 from asgiref.sync import SyncToAsync
+
+T = TypeVar("T")
 
 
 def serving_loop() -> asyncio.AbstractEventLoop | None:
@@ -36,3 +41,21 @@ def serving_loop() -> asyncio.AbstractEventLoop | None:
     if loop is None or loop.is_closed():
         return None
     return loop
+
+
+def per_loop(factory: Callable[[], T]) -> Callable[[], T]:
+    """A function that returns the running loop's own ``factory()``, made on first use.
+
+    Process-wide state of the async side (shared reads, watchers) belongs to
+    one event loop: a server has one; a test suite starts one per test, and
+    state made on a closed loop must not leak into the next.
+    """
+    made: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+
+    def for_running_loop() -> T:
+        loop = asyncio.get_running_loop()
+        if loop not in made:
+            made[loop] = factory()
+        return made[loop]
+
+    return for_running_loop

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one server process, served at ``/metrics``.
+"""Prometheus metrics of one server process (served at ``/metrics`` by ``api.operations``).
 
 Counters and gauges live in the process that changes them (prometheus_client's
 default registry), so every daphne process is scraped on its own port; the
@@ -18,16 +18,10 @@ import logging
 from collections.abc import Iterator
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
-from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .auth import authenticate_request, bearer_token, matches_secret
-from .conf import humaninput_settings
-from .exceptions import HumanInputError, PermissionDenied
-from .http import error_response
 from .loops import serving_loop
 from .models import EventType, HumanInputRequest, RequestStatus
 
@@ -63,13 +57,13 @@ EVENTS_DELIVERED = Counter(
 )
 SLOW_CLIENTS_DROPPED = Counter(
     "humaninput_slow_clients_dropped",
-    "Connections dropped because their client stopped reading (see events_app.backpressure).",
+    "Connections dropped because their client stopped reading (see events_app.server.backpressure).",
     ["transport"],
 )
 CROSS_PROCESS_DOORBELLS = Counter(
     "humaninput_cross_process_doorbells",
     "Doorbells rung here because an execution's log grew in the database, whoever wrote it "
-    "(embedded SQLite: how other processes' events reach this one, see events_app.crossprocess).",
+    "(embedded SQLite: how other processes' events reach this one, see events_app.streaming.crossprocess).",
 )
 PUBLISH_DELIVER_SECONDS = Histogram(
     "humaninput_publish_deliver_seconds",
@@ -110,9 +104,6 @@ class PendingRequestsCollector(Collector):
             logger.warning("metrics: could not count pending requests: %r", error)
             return
         yield GaugeMetricFamily(self.NAME, self.HELP, value=pending)
-
-
-REGISTRY.register(PendingRequestsCollector())
 
 
 def _event_loop_counts() -> tuple[int, int | None]:
@@ -174,17 +165,12 @@ class EventLoopCollector(Collector):
             yield GaugeMetricFamily(*self.MEMBERS, value=members)
 
 
-REGISTRY.register(EventLoopCollector())
+_registered: list[Collector] = []
 
 
-@require_GET
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """``GET /metrics``: this process's metrics in the Prometheus text format."""
-    token = bearer_token(request.headers.get("Authorization"))
-    if not (token and matches_secret(token, humaninput_settings.METRICS_TOKEN)):
-        try:
-            if not authenticate_request(request).is_full_access:
-                raise PermissionDenied("Metrics need the API key, the metrics token or a staff session.")
-        except HumanInputError as error:
-            return error_response(error)
-    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+def register_collectors() -> None:
+    """Called by ``EventsAppConfig.ready()``: add the scrape-time collectors (once) to the registry."""
+    if not _registered:
+        _registered.extend([PendingRequestsCollector(), EventLoopCollector()])
+        for collector in _registered:
+            REGISTRY.register(collector)

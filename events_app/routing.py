@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from .consumers import HumanInputEventConsumer, UnknownRouteConsumer
+from .streaming.websocket import HumanInputEventConsumer, UnknownRouteConsumer
 
 # Anything after the prefix reaches the consumer, which closes 4400 on an
 # invalid execution id rather than leaving the router to drop the socket.

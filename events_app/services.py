@@ -26,7 +26,6 @@ from .auth import issue_token
 from .conf import humaninput_settings
 from .events import build_payload
 from .exceptions import AlreadyAnswered, AlreadyResolved, InvalidParameter, NotFound
-from .log import parse_uuid_text, validate_execution_id
 from .metrics import EVENTS_WRITTEN
 from .models import (
     EventType,
@@ -37,6 +36,7 @@ from .models import (
     ScopedToken,
     default_reason_flags,
 )
+from .params import parse_uuid_text, validate_execution_id
 
 logger = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 from django.urls import include, path, re_path
 
+from .api.operations import metrics_view
 from .inbox import inbox_page, inbox_stream
-from .metrics import metrics_view
-from .sse import human_input_stream
+from .streaming.sse import human_input_stream
 
 urlpatterns = [
     re_path(r"^events/human-input/(?P<execution_id>[\s\S]*)$", human_input_stream, name="humaninput-sse"),

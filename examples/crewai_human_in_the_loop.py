@@ -42,7 +42,7 @@ from crewai import LLM, Agent, Crew, Task
 
 from events_app.client import HumanInputError
 from events_app.integrations.crewai import HumanFeedbackUnavailable, humaninput_feedback
-from events_app.integrations.crewai_testing import ScriptedLLM
+from examples.scripted_llm import ScriptedLLM
 
 DRAFTS = [
     "Release 1.2 makes sync 40% faster.",

@@ -13,7 +13,7 @@ schedules expiry itself (``EventsAppConfig.ready``).
 import gc
 import os
 
-from events_app.handlers import get_asgi_application
+from events_app.server.asgi_handler import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "humaninput_project.settings")
 django_asgi_app = get_asgi_application()
@@ -21,8 +21,8 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from events_app.middleware import SessionAuthUnlessToken  # noqa: E402
 from events_app.routing import fallback_websocket_urlpatterns, websocket_urlpatterns  # noqa: E402
+from events_app.server.websocket_auth import SessionAuthUnlessToken  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

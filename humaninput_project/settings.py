@@ -192,8 +192,8 @@ if REDIS_URL:
         }
     }
 else:
-    # channels' in-memory layer, with a linear group_send (see events_app.layers).
-    CHANNEL_LAYERS = {"default": {"BACKEND": "events_app.layers.HumanInputInMemoryChannelLayer"}}
+    # channels' in-memory layer, with a linear group_send (see events_app.server.channel_layer).
+    CHANNEL_LAYERS = {"default": {"BACKEND": "events_app.server.channel_layer.LinearInMemoryChannelLayer"}}
 
 # The cache holds the API's rate-limit counters: shared through Redis across
 # processes when there is one, per process otherwise.

@@ -168,7 +168,7 @@ def test_project_defaults_to_sqlite_and_the_in_memory_layer():
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "db": "django.db.backends.sqlite3",
-        "layer": "events_app.layers.HumanInputInMemoryChannelLayer",
+        "layer": "events_app.server.channel_layer.LinearInMemoryChannelLayer",
     }
 
 

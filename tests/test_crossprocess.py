@@ -20,12 +20,16 @@ from django.db import DatabaseError, connections
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
-from events_app import crossprocess, log, services, signals
+from events_app import log, services, signals
+from events_app.auth import Principal
 from events_app.conf import humaninput_settings
-from events_app.crossprocess import DataVersionProbe, log_grew_message, watched_database
 from events_app.events import group_name
-from events_app.subscription import ExecutionSubscription, GroupListener, log_heads
+from events_app.streaming import crossprocess
+from events_app.streaming.crossprocess import DataVersionProbe, log_grew_message, watched_database
+from events_app.streaming.subscription import ExecutionSubscription, GroupListener, followed_log_heads
 from tests.conftest import eventually, uses_redis
+
+FULL_ACCESS = Principal(name="api-key")
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("own_channel_layer")]
 
@@ -152,12 +156,16 @@ def test_a_check_interval_out_of_range_is_a_configuration_error(value):
 
 
 async def test_its_thread_runs_from_the_first_follower_to_the_last(watched, execution_id):
-    watcher = log_heads().watcher
+    watcher = followed_log_heads().watcher
     assert not watcher.running
-    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws"):
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    ):
         thread = watcher.signal
         assert thread is not None and thread.is_alive()
-        async with ExecutionSubscription(execution_id=f"{execution_id}-2", after_sequence=0, transport="sse"):
+        async with ExecutionSubscription(
+            execution_id=f"{execution_id}-2", after_sequence=0, principal=FULL_ACCESS, transport="sse"
+        ):
             assert watcher.signal is thread
         assert watcher.signal is thread
     assert not watcher.running
@@ -167,8 +175,10 @@ async def test_its_thread_runs_from_the_first_follower_to_the_last(watched, exec
 
 @override_settings(HUMANINPUT_CROSS_PROCESS_CHECK_SECONDS=0)
 async def test_nothing_runs_when_it_is_off(execution_id):
-    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws"):
-        assert not log_heads().watcher.running
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    ):
+        assert not followed_log_heads().watcher.running
 
 
 # --- what it does -------------------------------------------------------------------------
@@ -179,7 +189,9 @@ async def test_a_commit_elsewhere_reaches_a_follower_long_before_its_catch_up(
     watched, doorbells_lost, execution_id
 ):
     rung = doorbells_rung()
-    followed = ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="sse")
+    followed = ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="sse"
+    )
     async with followed:
         assert await followed.read_log() == []
         request = await create_request(execution_id=execution_id, prompt="from another process")
@@ -194,7 +206,9 @@ async def test_idle_followers_cost_no_query_until_something_is_committed(
     watched, doorbells_lost, counts, execution_id
 ):
     subscriptions = [
-        ExecutionSubscription(execution_id=f"{execution_id}-{index}", after_sequence=0, transport="ws")
+        ExecutionSubscription(
+            execution_id=f"{execution_id}-{index}", after_sequence=0, principal=FULL_ACCESS, transport="ws"
+        )
         for index in range(20)
     ]
     for entered in subscriptions:
@@ -228,7 +242,7 @@ async def test_a_newly_followed_execution_is_rung_at_its_first_look_without_a_co
     # a subscriber whose first read came just before such a write still gets it.
     await create_request(execution_id=execution_id, prompt="?")
     listener = GroupListener(group_name(execution_id))
-    heads = log_heads()
+    heads = followed_log_heads()
     assert await listener.join()
     heads.follow(execution_id)
     try:
@@ -243,7 +257,9 @@ async def test_a_failing_check_is_logged_once_and_retried(
     tmp_path, monkeypatch, counts, app_log, execution_id
 ):
     monkeypatch.setattr(crossprocess, "watched_database", lambda: str(tmp_path / "missing.sqlite3"))
-    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws"):
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    ):
         await eventually(_async(lambda: counts["checks"]), accept=at_least(5), what="five checks")
     failures = [record for record in app_log.records if "cross-process check failed" in record.getMessage()]
     assert len(failures) == 1
@@ -262,7 +278,9 @@ async def test_a_look_that_fails_is_logged_once_and_retried_at_the_next_check(
         return await real_heads(**kwargs)
 
     monkeypatch.setattr(crossprocess, "alog_heads", flaky_heads)
-    followed = ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws")
+    followed = ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    )
     async with followed:
         assert await followed.read_log() == []
         await create_request(execution_id=execution_id, prompt="?")
@@ -288,7 +306,9 @@ async def test_a_doorbell_without_an_event_makes_the_follower_read_up_to_its_seq
         return await real_read(**kwargs)
 
     monkeypatch.setattr(log, "aevents_after", counting_read)
-    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws") as followed:
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    ) as followed:
         assert await followed.read_log() == []
         for prompt in ("a", "b"):
             await create_request(execution_id=execution_id, prompt=prompt)

@@ -10,7 +10,7 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from events_app import hardening
+from events_app import server as hardening
 
 
 @pytest.mark.parametrize(

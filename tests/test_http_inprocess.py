@@ -19,11 +19,11 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient, override_settings
 
 from events_app import services, signals
-from events_app.api import views
+from events_app.api import operations
 from events_app.auth import READ, issue_token
 from events_app.events import group_name
 from events_app.models import EventType, HumanInputEvent
-from events_app.subscription import ExecutionSubscription
+from events_app.streaming.subscription import ExecutionSubscription
 from humaninput_project.asgi import application
 
 from .conftest import asgi_http_scope
@@ -330,7 +330,7 @@ async def test_health_is_503_naming_a_broken_channel_layer(client, monkeypatch):
         async def new_channel(self, prefix="specific."):
             raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(views, "get_channel_layer", BrokenLayer)
+    monkeypatch.setattr(operations, "get_channel_layer", BrokenLayer)
     response = await client.get("/health")
     body = response.json()
     assert response.status_code == 503
@@ -343,7 +343,7 @@ async def test_health_is_503_naming_a_broken_database(client, monkeypatch):
     def broken_database():
         raise ConnectionError("database is down")
 
-    monkeypatch.setattr(views, "_check_database", broken_database)
+    monkeypatch.setattr(operations, "_check_database", broken_database)
     response = await client.get("/health")
     body = response.json()
     assert response.status_code == 503

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from events_app.layers import HumanInputInMemoryChannelLayer
+from events_app.server.channel_layer import LinearInMemoryChannelLayer
 
 
-async def joined(layer: HumanInputInMemoryChannelLayer, group: str, count: int) -> list[str]:
+async def joined(layer: LinearInMemoryChannelLayer, group: str, count: int) -> list[str]:
     channels = [await layer.new_channel() for _ in range(count)]
     for channel in channels:
         await layer.group_add(group, channel)
@@ -15,7 +15,7 @@ async def joined(layer: HumanInputInMemoryChannelLayer, group: str, count: int) 
 
 
 async def test_group_send_reaches_every_member_once():
-    layer = HumanInputInMemoryChannelLayer()
+    layer = LinearInMemoryChannelLayer()
     channels = await joined(layer, "g", 50)
     await layer.group_send("g", {"type": "doorbell", "sequence": 1})
     received = [await asyncio.wait_for(layer.receive(channel), 1) for channel in channels]
@@ -24,7 +24,7 @@ async def test_group_send_reaches_every_member_once():
 
 
 async def test_group_send_copies_the_message_once_so_the_sender_cannot_change_it():
-    layer = HumanInputInMemoryChannelLayer()
+    layer = LinearInMemoryChannelLayer()
     [first, second] = await joined(layer, "g", 2)
     message = {"type": "doorbell", "event": {"sequence": 1}}
     await layer.group_send("g", message)
@@ -34,7 +34,7 @@ async def test_group_send_copies_the_message_once_so_the_sender_cannot_change_it
 
 
 async def test_a_full_member_misses_the_message_and_the_others_still_get_it():
-    layer = HumanInputInMemoryChannelLayer(capacity=1)
+    layer = LinearInMemoryChannelLayer(capacity=1)
     [full, other] = await joined(layer, "g", 2)
     await layer.send(full, {"type": "filler"})
     await layer.group_send("g", {"type": "doorbell"})
@@ -44,7 +44,7 @@ async def test_a_full_member_misses_the_message_and_the_others_still_get_it():
 
 
 async def test_expired_messages_are_still_swept_at_the_sweep_interval():
-    layer = HumanInputInMemoryChannelLayer(expiry=0)
+    layer = LinearInMemoryChannelLayer(expiry=0)
     layer.sweep_interval = 0
     [member] = await joined(layer, "g", 1)
     await layer.group_send("g", {"type": "stale"})

@@ -9,15 +9,9 @@ from channels.db import database_sync_to_async
 
 from events_app import log, services
 from events_app.exceptions import InvalidCursor, InvalidExecutionId, InvalidParameter
-from events_app.log import (
-    LogFollower,
-    events_after,
-    parse_bounded_number,
-    parse_cursor,
-    resolve_cursor,
-    validate_execution_id,
-)
+from events_app.log import LogFollower, events_after, resolve_cursor
 from events_app.models import HumanInputEvent
+from events_app.params import parse_bounded_number, parse_cursor, validate_execution_id
 
 # --- execution ids --------------------------------------------------------
 

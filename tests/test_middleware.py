@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from events_app.middleware import SessionAuthUnlessToken, has_token
+from events_app.server.websocket_auth import SessionAuthUnlessToken, has_token
 
 
 @pytest.mark.parametrize(

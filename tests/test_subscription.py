@@ -6,10 +6,14 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import override_settings
 
-from events_app import log, services, signals, subscription
+from events_app import log, services, signals
+from events_app.auth import Principal
 from events_app.log import log_heads
-from events_app.subscription import ExecutionSubscription
+from events_app.streaming import subscription
+from events_app.streaming.subscription import ExecutionSubscription
 from tests.conftest import eventually
+
+FULL_ACCESS = Principal(name="api-key")
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("own_channel_layer")]
 
@@ -54,7 +58,9 @@ def test_log_heads_read_more_executions_than_one_query_holds(execution_id):
 @override_settings(HUMANINPUT_CATCHUP_SECONDS=60)
 async def test_fifty_idle_subscribers_share_one_heads_query_and_read_no_log(execution_id, queries):
     subscriptions = [
-        ExecutionSubscription(execution_id=f"{execution_id}-{index}", after_sequence=0, transport="ws")
+        ExecutionSubscription(
+            execution_id=f"{execution_id}-{index}", after_sequence=0, principal=FULL_ACCESS, transport="ws"
+        )
         for index in range(50)
     ]
     for entered in subscriptions:
@@ -74,7 +80,9 @@ async def test_an_event_whose_doorbell_was_lost_is_found_by_the_next_catch_up(
     execution_id, queries, monkeypatch
 ):
     monkeypatch.setattr(signals, "publish_event", lambda payload: None)  # every doorbell lost
-    followed = ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="sse")
+    followed = ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="sse"
+    )
     async with followed:
         assert await followed.read_log() == []
         request = await create_request(execution_id=execution_id, prompt="silent")
@@ -84,11 +92,13 @@ async def test_an_event_whose_doorbell_was_lost_is_found_by_the_next_catch_up(
 
 @override_settings(HUMANINPUT_CATCHUP_SECONDS=60)
 async def test_heads_are_read_again_for_an_execution_the_last_read_did_not_cover(execution_id, queries):
-    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws") as first:
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    ) as first:
         assert await first.catch_up() == []
         await create_request(execution_id=f"{execution_id}-new", prompt="?")
         async with ExecutionSubscription(
-            execution_id=f"{execution_id}-new", after_sequence=0, transport="ws"
+            execution_id=f"{execution_id}-new", after_sequence=0, principal=FULL_ACCESS, transport="ws"
         ) as newcomer:
             assert [event["sequence"] for event in await newcomer.catch_up()] == [1]
     assert queries["heads"] == 2
@@ -102,7 +112,7 @@ async def test_a_long_log_is_read_in_bounded_pieces_without_waiting_for_a_catch_
     for index in range(7):
         await create_request(execution_id=execution_id, prompt=f"#{index}")
     async with ExecutionSubscription(
-        execution_id=execution_id, after_sequence=0, transport="sse", max_read=3
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="sse", max_read=3
     ) as followed:
         pieces = [await followed.read_log()]
         while len(pieces[-1]) == 3:
@@ -115,7 +125,9 @@ async def test_doorbells_of_a_subscriber_that_falls_behind_are_bounded_and_nothi
     execution_id, monkeypatch
 ):
     monkeypatch.setattr(subscription, "MAX_QUEUED_DOORBELLS", 4)
-    async with ExecutionSubscription(execution_id=execution_id, after_sequence=0, transport="ws") as followed:
+    async with ExecutionSubscription(
+        execution_id=execution_id, after_sequence=0, principal=FULL_ACCESS, transport="ws"
+    ) as followed:
         assert await followed.read_log() == []
         for index in range(10):  # rung while the subscriber is busy elsewhere
             await create_request(execution_id=execution_id, prompt=f"#{index}")

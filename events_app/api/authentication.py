@@ -10,7 +10,7 @@ from rest_framework.authentication import BaseAuthentication, SessionAuthenticat
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-from ..auth import WWW_AUTHENTICATE, Principal, anonymous_allowed, authenticate, http_token
+from ..auth import WWW_AUTHENTICATE, Credentials, Principal, authenticate
 
 
 class HumanInputAuthentication(BaseAuthentication):
@@ -20,20 +20,14 @@ class HumanInputAuthentication(BaseAuthentication):
     ``SessionAuthentication``: a cookie alone must not be able to write.
     """
 
-    def authenticate(self, request: Request) -> tuple[Any, Principal] | None:
-        django_request = request._request
-        token = http_token(django_request)
-        if token:
-            # A refused token raises our NotAuthenticated (or TokenRevoked), which the
-            # API's exception handler turns into the same 401 body as every transport's.
-            return (None, authenticate(token=token))
-        user = getattr(django_request, "user", None)
-        if user is not None and user.is_authenticated and user.is_staff:
+    def authenticate(self, request: Request) -> tuple[Any, Principal]:
+        credentials = Credentials.of_request(request._request)
+        # A refused credential raises our NotAuthenticated (or TokenRevoked), which the
+        # API's exception handler turns into the same 401 body as every transport's.
+        principal = authenticate(credentials)
+        if principal.via_session:
             SessionAuthentication().enforce_csrf(request)
-            return (user, authenticate(token=None, user=user))
-        if anonymous_allowed():
-            return (None, authenticate(token=None))
-        return None
+        return (credentials.user if principal.via_session else None, principal)
 
     def authenticate_header(self, request: Request) -> str:
         return WWW_AUTHENTICATE

@@ -9,7 +9,7 @@ from django.urls import reverse
 from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
 from drf_spectacular.plumbing import ResolvedComponent
 
-from ..log import CURSOR_RE, EXECUTION_ID_RE
+from ..params import CURSOR_RE, EXECUTION_ID_RE
 
 WEBSOCKET_DESCRIPTION = """
 
@@ -21,7 +21,7 @@ execution id or cursor, 4401 bad or missing token, 4403 token not valid for this
 4404 unknown path, 1009 message over 64 KiB.
 """
 
-# What ``log.validate_execution_id`` accepts, as a JSON Schema (ECMA) pattern.
+# What ``params.validate_execution_id`` accepts, as a JSON Schema (ECMA) pattern.
 EXECUTION_ID_PATTERN = f"^{EXECUTION_ID_RE.pattern}$"
 EXECUTION_ID_SCHEMA = {"type": "string", "pattern": EXECUTION_ID_PATTERN}
 
@@ -31,7 +31,7 @@ def or_empty(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
 
 
-# What ``log.parse_cursor`` accepts: an event_id (hyphenated or 32 hex digits), or empty for none.
+# What ``params.parse_cursor`` accepts: an event_id (hyphenated or 32 hex digits), or empty for none.
 CURSOR_SCHEMA = {
     "type": "string",
     "pattern": f"^(?:{CURSOR_RE.pattern})?$",
@@ -89,7 +89,7 @@ def only_humaninput_endpoints(endpoints: list[tuple[Any, ...]]) -> list[tuple[An
         endpoint
         for endpoint in endpoints
         if getattr(endpoint[3], "cls", None) is not None
-        and endpoint[3].cls.__module__.startswith("events_app.api.")
+        and endpoint[3].cls.__module__.startswith(("events_app.api.", "events_app.streaming."))
         and endpoint[3].cls.__module__ != "events_app.api.docs"
     ]
 

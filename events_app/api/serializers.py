@@ -18,8 +18,8 @@ from rest_framework import serializers
 from ..auth import SCOPES
 from ..conf import humaninput_settings
 from ..exceptions import InvalidExecutionId, InvalidParameter
-from ..log import validate_execution_id
 from ..models import HumanInputRequest, RequestStatus, ScopedToken
+from ..params import validate_execution_id
 from ..services import validate_text
 from .schema import EXECUTION_ID_SCHEMA, NO_NUL_PATTERN
 

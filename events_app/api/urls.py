@@ -1,8 +1,9 @@
 from django.urls import path, re_path
 
 from ..http import unknown_endpoint
+from ..streaming.poll import PollView
 from .docs import DocsView, SchemaView
-from .requests import (
+from .endpoints import (
     RequestCancelView,
     RequestDetailView,
     RequestListCreateView,
@@ -10,7 +11,7 @@ from .requests import (
     TokenCreateView,
     TokenRevokeView,
 )
-from .views import HealthView, PollView
+from .operations import HealthView
 
 urlpatterns = [
     re_path(r"^poll/human-input/(?P<execution_id>[\s\S]*)$", PollView.as_view(), name="humaninput-poll"),

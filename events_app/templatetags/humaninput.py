@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from ..exceptions import InvalidExecutionId
 from ..inbox import pending_requests
-from ..log import validate_execution_id
+from ..params import validate_execution_id
 
 register = template.Library()
 

@@ -19,7 +19,7 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer
 
 
-class HumanInputInMemoryChannelLayer(InMemoryChannelLayer):
+class LinearInMemoryChannelLayer(InMemoryChannelLayer):
     """``InMemoryChannelLayer`` with an occasional expiry sweep and one copy per ``group_send``."""
 
     sweep_interval = 1.0

@@ -59,11 +59,11 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.db import connections, router
 
-from .conf import humaninput_settings
-from .events import group_name
-from .log import alog_heads
-from .metrics import CROSS_PROCESS_DOORBELLS
-from .models import HumanInputEvent
+from ..conf import humaninput_settings
+from ..events import group_name
+from ..log import alog_heads
+from ..metrics import CROSS_PROCESS_DOORBELLS
+from ..models import HumanInputEvent
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from rest_framework.response import Response
 from .. import services
 from ..auth import READ, RESPOND, Principal, authorize
 from ..exceptions import AlreadyResolved, NotFound, PermissionDenied
-from ..http import query_value
 from ..models import HumanInputRequest
+from ..params import Query
 from . import serializers as s
 from .base import HumanInputAPIView, document
 from .throttling import TokenThrottle, WriteThrottle
@@ -111,9 +111,9 @@ class RequestListCreateView(HumanInputAPIView):
     def get(self, request: Request) -> Response:
         # A plain dict: DRF reads an empty parameter of a QueryDict as absent, but
         # `?execution_id=` is an invalid execution id (400), as on every other endpoint.
-        params = request.query_params
+        query = Query.of_request(request)
         filters = s.RequestListFilters(
-            data={name: query_value(params, name) for name in ("execution_id", "status") if name in params}
+            data={name: query.get(name) for name in ("execution_id", "status") if name in query.values}
         )
         filters.is_valid(raise_exception=True)
         principal: Principal = request.auth

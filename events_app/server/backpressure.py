@@ -31,8 +31,8 @@ import asyncio
 import logging
 from typing import Any
 
-from .conf import humaninput_settings
-from .metrics import SLOW_CLIENTS_DROPPED
+from ..conf import humaninput_settings
+from ..metrics import SLOW_CLIENTS_DROPPED
 
 logger = logging.getLogger(__name__)
 

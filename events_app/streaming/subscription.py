@@ -1,4 +1,4 @@
-"""Following channel-layer groups from code that is not a consumer: SSE, long polls, the inbox.
+"""Following an execution's events for any transport, and channel-layer groups for the inbox.
 
 A ``GroupListener`` holds one channel of its own in one group and turns the
 layer's messages into a queue; leaving gives the membership back whatever
@@ -21,20 +21,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
+import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
 
 from channels.layers import get_channel_layer
+from django.db import Error as DatabaseError
 
-from .auth import arevoked_token_ids
-from .conf import humaninput_settings
+from ..auth import Principal, arevoked_token_ids
+from ..conf import humaninput_settings
+from ..events import group_name
+from ..exceptions import ServiceUnavailable, TokenRevoked
+from ..log import LogFollower, Payload, alog_heads
+from ..loops import per_loop
+from ..metrics import CATCHUP_READS, EVENTS_DELIVERED, PUBLISH_DELIVER_SECONDS, SUBSCRIBERS
 from .crossprocess import CrossProcessWatcher
-from .events import group_name
-from .exceptions import TokenRevoked
-from .log import LogFollower, Payload, alog_heads
-from .metrics import CATCHUP_READS, EVENTS_DELIVERED, PUBLISH_DELIVER_SECONDS, SUBSCRIBERS
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +162,7 @@ def _note_failed_discard(discard: asyncio.Future[None]) -> None:
         logger.debug("group_discard failed: %r", error)
 
 
-class SharedRead:
+class BatchedLookup:
     """Something about every key (execution, token) followed on one event loop, read for all at once.
 
     The value is re-read when a caller finds it older than ``max_age`` (a
@@ -200,7 +203,7 @@ class SharedRead:
         return self.value
 
 
-class LogHeads(SharedRead):
+class LogHeads(BatchedLookup):
     """The last sequence of every followed execution: a missed doorbell is found
     within about 1.2 catch-up intervals.
 
@@ -228,7 +231,7 @@ class LogHeads(SharedRead):
         return (await self.fresh(execution_id)).get(execution_id, 0) > position
 
 
-class Revocations(SharedRead):
+class Revocations(BatchedLookup):
     """Which tokens of the open connections are revoked: each subscriber learns of its
     token's revocation at its next catch-up, within about 1.2 catch-up intervals."""
 
@@ -239,26 +242,11 @@ class Revocations(SharedRead):
         return token_id in await self.fresh(token_id)
 
 
-_per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[LogHeads, Revocations]] = (
-    weakref.WeakKeyDictionary()
-)
+followed_log_heads = per_loop(LogHeads)
+"""This event loop's ``LogHeads`` (the log heads of the executions its subscribers follow)."""
 
-
-def _loop_state() -> tuple[LogHeads, Revocations]:
-    loop = asyncio.get_running_loop()
-    if loop not in _per_loop:
-        _per_loop[loop] = (LogHeads(), Revocations())
-    return _per_loop[loop]
-
-
-def log_heads() -> LogHeads:
-    """This event loop's ``LogHeads`` (a server has one loop; tests have one per test)."""
-    return _loop_state()[0]
-
-
-def revocations() -> Revocations:
-    """This event loop's ``Revocations``."""
-    return _loop_state()[1]
+followed_revocations = per_loop(Revocations)
+"""This event loop's ``Revocations`` (of the tokens its subscribers hold)."""
 
 
 class ExecutionSubscription:
@@ -275,11 +263,15 @@ class ExecutionSubscription:
         execution_id: str,
         after_sequence: int,
         transport: str,
+        principal: Principal,
+        cursor: uuid.UUID | None = None,
         max_read: int = MAX_READ_EVENTS,
-        token_id: str | None = None,
     ) -> None:
         self.execution_id = execution_id
-        self.token_id = token_id
+        self.after_sequence = after_sequence
+        self.cursor = cursor  # the event_id the client sent, if any (``after_sequence`` is 0 if unknown)
+        self.principal = principal
+        self.token_id = principal.token_id
         self.follower = LogFollower(
             execution_id=execution_id, after_sequence=after_sequence, max_read=max_read
         )
@@ -291,8 +283,8 @@ class ExecutionSubscription:
         self._by_doorbell = EVENTS_DELIVERED.labels(transport, "doorbell")
         self._by_log = EVENTS_DELIVERED.labels(transport, "log")
         self._latency = PUBLISH_DELIVER_SECONDS.labels(transport)
-        self._heads = log_heads()
-        self._revocations = revocations()
+        self._heads = followed_log_heads()
+        self._revocations = followed_revocations()
 
     @property
     def group(self) -> str:
@@ -328,9 +320,15 @@ class ExecutionSubscription:
             self._unfollow()
 
     async def read_log(self) -> list[Payload]:
-        """The log past the cursor (at most ``max_read`` events), now; resets the catch-up timer."""
+        """The log past the cursor (at most ``max_read`` events), now; resets the catch-up timer.
+
+        Raises ``ServiceUnavailable`` if the database does not answer.
+        """
         self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
-        events = self._note_size(await self.follower.catch_up())
+        try:
+            events = self._note_size(await self.follower.catch_up())
+        except DatabaseError as error:
+            raise ServiceUnavailable() from error
         self._by_log.inc(len(events))
         return events
 
@@ -340,15 +338,20 @@ class ExecutionSubscription:
         return events
 
     async def next_events(self, max_wait: float) -> list[Payload]:
-        """New events, waiting at most ``max_wait`` seconds; ``[]`` if none came."""
+        """New events, waiting at most ``max_wait`` seconds; ``[]`` if none came.
+
+        A database that stops answering once the subscription is open is
+        logged and retried at each catch-up: the connection stays, nothing
+        is lost (the cursor has not moved). Raises only ``TokenRevoked``.
+        """
         deadline = self._loop.time() + max_wait
-        if self._more_in_log and (events := await self.read_log()):
+        if self._more_in_log and (events := await self._unless_database_down(self.read_log())):
             return events
         while True:
             now = self._loop.time()
             if now >= self._next_catch_up:
                 await self.listener.join()  # no-op while joined; rejoins after a layer failure
-                events = await self.catch_up()
+                events = await self._unless_database_down(self.catch_up())
                 if events:
                     return events
                 now = self._loop.time()
@@ -356,9 +359,19 @@ class ExecutionSubscription:
                 return []
             message = await self.listener.receive(min(deadline, self._next_catch_up) - now)
             if message is not None:
-                events = await self._on_doorbell(message)
+                events = await self._unless_database_down(self._on_doorbell(message))
                 if events:
                     return events
+
+    async def _unless_database_down(self, read: Awaitable[list[Payload]]) -> list[Payload]:
+        """What ``read`` returns, or ``[]`` (logged, retried at the next catch-up) if the database failed."""
+        try:
+            return await read
+        except (ServiceUnavailable, DatabaseError) as error:
+            self._more_in_log = False
+            self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
+            logger.warning("database unavailable; %s retries at its next catch-up: %r", self.group, error)
+            return []
 
     async def catch_up(self) -> list[Payload]:
         """The periodic re-read: the log past the cursor if its head says there is any.

@@ -30,7 +30,7 @@ from importlib import metadata
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .daphne_compat import close_database_pools_on_shutdown, enforce_websocket_limits, mask_access_log_tokens
+from .daphne import close_database_pools_on_shutdown, enforce_websocket_limits, mask_access_log_tokens
 
 # distribution -> (lowest supported, first unsupported), as in pyproject.toml.
 SUPPORTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {

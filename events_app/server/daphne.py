@@ -39,7 +39,7 @@ exit. ``close_database_pools_on_shutdown`` closes the pools first: a thread
 waiting for a connection fails at once, a connection in use is closed when
 its thread is done with it, and a commit in progress still completes.
 
-All of them are applied by ``events_app.hardening.install`` (from the app's
+All of them are applied by ``events_app.server.install`` (from the app's
 ``ready()``); without daphne installed they do nothing.
 """
 
@@ -51,8 +51,8 @@ from typing import Any
 
 from django.db import connections
 
+from ..conf import humaninput_settings
 from .backpressure import bound_client_buffers, socket_transport, unsent_bytes
-from .conf import humaninput_settings
 
 _PATCHED = "_humaninput_limits"
 _TOKEN_IN_QUERY = re.compile(r"([?&](?:token|access_token)=)[^&#\s]*", re.IGNORECASE)

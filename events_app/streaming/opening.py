@@ -1,0 +1,102 @@
+"""The one way a transport opens a subscription, and what it does on each failure.
+
+Every live transport — WebSocket, SSE, long poll — hands ``open_subscription``
+the client's ``Credentials``, the execution id from its path, its cursor
+sources and its name, and gets back an ``ExecutionSubscription`` positioned
+after the cursor, or one ``HumanInputError``. The steps, in this order:
+authenticate, check the execution id, parse the cursor(s), authorize
+``read``, resolve the cursor in the log. The inbox stream authenticates
+through ``open_inbox`` the same way. The transports only translate the
+outcome; what each does with each failure is this table:
+
+=============================  ==========  =============================  ==========
+failure                        WebSocket   SSE                            long poll
+=============================  ==========  =============================  ==========
+missing, wrong, expired or     close 4401  401 JSON, ``WWW-Authenticate``  401 JSON
+revoked token (at open)
+token of another execution,    close 4403  403 JSON                       403 JSON
+or a read token answering
+session from a foreign Origin  close 4403  (a cookie read cross-origin is  (same)
+                                           unreadable: no check)
+malformed execution id,        close 4400  400 JSON                       400 JSON
+cursor, number, or a repeated
+parameter (``?token=a&token=b``)
+database down while opening    close 1013  503 JSON                       503 JSON
+database down at the first     close 1013  ``data: {"type": "error",      503 JSON
+read                                       "code": "service_unavailable"
+                                           ...}``, stream ends
+database down once streaming   stays open; retried at each catch-up   (same; an empty page
+                               (logged), nothing lost                 at the deadline)
+channel layer down             catch-up reads only; the group is      (same)
+                               rejoined at each catch-up
+token revoked once open        close 4401  ``data: {"type": "error",      401 JSON
+                                           "code": "token_revoked" ...}``,
+                                           stream ends
+=============================  ==========  =============================  ==========
+
+The inbox stream answers like SSE (and 403 for a principal without full
+access). Messages a WebSocket client sends are checked in ``websocket``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from django.db import Error as DatabaseError
+
+from ..auth import READ, Credentials, Principal, aauthenticate, authorize
+from ..exceptions import PermissionDenied, ServiceUnavailable
+from ..log import aresolve_cursor
+from ..params import Query, parse_cursor, validate_execution_id
+from .subscription import ExecutionSubscription
+
+T = TypeVar("T")
+
+
+async def _or_unavailable(work: Awaitable[T]) -> T:
+    """``work``'s result; a database error becomes ``ServiceUnavailable`` (503 / close 1013)."""
+    try:
+        return await work
+    except DatabaseError as error:
+        raise ServiceUnavailable() from error
+
+
+async def open_subscription(
+    credentials: Credentials,
+    *,
+    execution_id: str,
+    query: Query,
+    transport: str,
+    header_cursor: str | None = None,
+) -> ExecutionSubscription:
+    """A subscription for whoever ``credentials`` name, after the client's cursor.
+
+    The cursor is ``header_cursor`` (SSE's ``Last-Event-ID``) if given, else
+    ``?last_event_id=``; both are checked, so a valid header cannot hide a
+    malformed query cursor. The subscription is not entered: ``async with``
+    it to follow the execution live, or just ``read_log()`` for a plain poll.
+    """
+    principal = await _or_unavailable(aauthenticate(credentials))
+    execution_id = validate_execution_id(execution_id)
+    parsed = [parse_cursor(header_cursor), parse_cursor(query.get("last_event_id"))]
+    cursor = next((value for value in parsed if value is not None), None)
+    authorize(principal, execution_id=execution_id, scope=READ)
+    after = await _or_unavailable(aresolve_cursor(execution_id=execution_id, cursor=cursor))
+    return ExecutionSubscription(
+        principal=principal,
+        execution_id=execution_id,
+        after_sequence=after,
+        cursor=cursor,
+        transport=transport,
+    )
+
+
+async def open_inbox(credentials: Credentials, *, execution_id: str | None) -> Principal:
+    """The principal of an inbox stream (full access only), with its optional execution filter checked."""
+    principal = await _or_unavailable(aauthenticate(credentials))
+    if not principal.is_full_access:
+        raise PermissionDenied("The inbox needs a staff session or the API key.")
+    if execution_id is not None:
+        validate_execution_id(execution_id)
+    return principal
