@@ -98,11 +98,11 @@ class HumanInputSettings:
         if name not in OPTIONS:
             raise AttributeError(f"Unknown humaninput setting: {name!r}")
         if name not in self._cache:
-            self._cache[name] = self._resolve(name, OPTIONS[name])
+            self._cache[name] = self._read_setting(name, OPTIONS[name])
         return self._cache[name]
 
     @staticmethod
-    def _resolve(name: str, option: Option) -> Any:
+    def _read_setting(name: str, option: Option) -> Any:
         raw = getattr(settings, PREFIX + name, option.default)
         if option.optional and (raw is None or raw == ""):
             return None

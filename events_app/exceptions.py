@@ -124,10 +124,11 @@ class UnknownMessageType(InvalidMessage):
 class ServiceUnavailable(HumanInputError):
     """The database did not answer while a stream was being opened: the client retries.
 
-    WebSocket close 1013 is the protocol's own "try again later".
+    WebSocket close 4503, in the 44xx family of our other codes (autobahn lets an application
+    close with 1000 or 3000-4999 only, so the protocol's 1013 "try again later" is not ours to send).
     """
 
     code = "service_unavailable"
     http_status = 503
-    ws_close_code = 1013
+    ws_close_code = 4503
     default_detail = "The database is unavailable; try again shortly."

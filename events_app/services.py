@@ -169,7 +169,7 @@ def request_create(
     return request
 
 
-def _resolve(
+def _close_pending(
     *,
     request_id: Any,
     status: str,
@@ -201,7 +201,9 @@ def _resolve(
             and request.expires_at <= now
             and status != RequestStatus.EXPIRED
         ):
-            _apply(request=request, status=RequestStatus.EXPIRED, event_type=EventType.EXPIRED, now=now)
+            _record_outcome(
+                request=request, status=RequestStatus.EXPIRED, event_type=EventType.EXPIRED, now=now
+            )
         if not request.is_pending:
             error = AlreadyAnswered if request.status == RequestStatus.COMPLETED else AlreadyResolved
             conflict = error(
@@ -211,7 +213,7 @@ def _resolve(
             )
             conflict.request = request
         else:
-            _apply(
+            _record_outcome(
                 request=request,
                 status=status,
                 event_type=event_type,
@@ -224,7 +226,7 @@ def _resolve(
     return request
 
 
-def _apply(
+def _record_outcome(
     *,
     request: HumanInputRequest,
     status: str,
@@ -233,6 +235,7 @@ def _apply(
     response: str = "",
     responded_by: str = "",
 ) -> None:
+    """Give the locked, pending ``request`` its final ``status`` and append its event."""
     request.status = status
     request.response = response
     request.responded_by = responded_by
@@ -249,7 +252,7 @@ def request_respond(
     ``execution_id``, when given, must be the request's (else ``NotFound``).
     """
     validate_text(response, field="response")
-    return _resolve(
+    return _close_pending(
         request_id=request_id,
         execution_id=execution_id,
         status=RequestStatus.COMPLETED,
@@ -263,7 +266,7 @@ def request_cancel(
     *, request_id: Any, cancelled_by: str = "", execution_id: str | None = None
 ) -> HumanInputRequest:
     """Withdraw a pending request (``human_input_cancelled``)."""
-    return _resolve(
+    return _close_pending(
         request_id=request_id,
         execution_id=execution_id,
         status=RequestStatus.CANCELLED,
@@ -274,7 +277,7 @@ def request_cancel(
 
 def request_expire(*, request_id: Any) -> HumanInputRequest:
     """Mark a pending request expired (``human_input_expired``)."""
-    return _resolve(request_id=request_id, status=RequestStatus.EXPIRED, event_type=EventType.EXPIRED)
+    return _close_pending(request_id=request_id, status=RequestStatus.EXPIRED, event_type=EventType.EXPIRED)
 
 
 def requests_expire_due(*, now: datetime | None = None) -> list[HumanInputRequest]:

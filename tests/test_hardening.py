@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
 from events_app import server as hardening
+from events_app.server import daphne
 
 
 @pytest.mark.parametrize(
@@ -43,14 +44,14 @@ def test_a_version_outside_the_supported_range_is_named(name, version):
 
 def test_install_refuses_an_unsupported_daphne_instead_of_patching_it(monkeypatch):
     monkeypatch.setattr(hardening, "installed_versions", lambda: {"daphne": "5.0", "autobahn": None})
-    monkeypatch.setattr(hardening, "enforce_websocket_limits", lambda: pytest.fail("patched blindly"))
+    monkeypatch.setattr(daphne, "enforce_websocket_limits", lambda: pytest.fail("patched blindly"))
     with pytest.raises(ImproperlyConfigured, match=r"daphne 5\.0 is installed; humaninput supports"):
         hardening.install()
 
 
 def test_install_leaves_another_asgi_server_alone(monkeypatch):
     monkeypatch.setattr(hardening, "installed_versions", lambda: dict.fromkeys(hardening.SUPPORTED))
-    monkeypatch.setattr(hardening, "enforce_websocket_limits", lambda: pytest.fail("patched"))
+    monkeypatch.setattr(daphne, "enforce_websocket_limits", lambda: pytest.fail("patched"))
     hardening.install()
 
 

@@ -1,16 +1,26 @@
-"""What the server needs beyond Django and channels, applied by the app itself.
+"""The server side of the app: daphne's patches (``install()``) and the ASGI pieces a project wires.
 
 A host project adds ``events_app`` to ``INSTALLED_APPS`` and calls nothing:
 ``EventsAppConfig.ready()`` calls ``install()``, which patches daphne (the
-ASGI server we ship with) where its defaults fail our contract —
+ASGI server we ship with) where its defaults fail our contract. Each patch,
+and the failure it prevents:
 
-* a WebSocket message over ``HUMANINPUT_WS_MAX_MESSAGE_BYTES`` closes 1009,
-  not a dropped connection (``daphne_compat.enforce_websocket_limits``);
-* tokens never reach the access log (``daphne_compat.mask_access_log_tokens``);
-* a client that stops reading is paced, then dropped, instead of growing
-  the process without bound (``backpressure.bound_client_buffers``);
-* a SIGTERM under write load exits at once rather than after the PostgreSQL
-  pool's timeout (``daphne_compat.close_database_pools_on_shutdown``).
+* ``daphne.enforce_websocket_limits``: a WebSocket message over
+  ``HUMANINPUT_WS_MAX_MESSAGE_BYTES`` closes 1009 instead of a dropped
+  connection (1006); a send after the closing handshake began no longer
+  kills the consumer before it gives its subscription back; a close code
+  already sent reaches a slow client instead of a reset;
+* ``daphne.mask_access_log_tokens``: a ``?token=`` never reaches the access log;
+* ``backpressure.bound_client_buffers``: a client that stops reading is
+  paced, then dropped, instead of growing the process without bound;
+* ``daphne.close_database_pools_on_shutdown``: a SIGTERM under write load
+  exits at once rather than after the PostgreSQL pool's timeout.
+
+The other modules here are not patches but parts a project names in its
+settings or ASGI module (``humaninput_project`` does; docs/embedding.md):
+``asgi_handler`` (Django's handler without a thread per open stream),
+``websocket_auth`` (the session middleware, skipped for token clients) and
+``channel_layer`` (the embedded default's linear in-memory layer).
 
 Those patches read attributes of daphne, autobahn and Twisted that are not
 public API. They were written for the versions in ``SUPPORTED``; rather
@@ -29,8 +39,6 @@ import re
 from importlib import metadata
 
 from django.core.exceptions import ImproperlyConfigured
-
-from .daphne import close_database_pools_on_shutdown, enforce_websocket_limits, mask_access_log_tokens
 
 # distribution -> (lowest supported, first unsupported), as in pyproject.toml.
 SUPPORTED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -98,6 +106,11 @@ def install() -> None:
             + "; ".join(problems)
             + ". Install the versions pyproject.toml declares (pip install humaninput resolves them)."
         )
+    # Imported here: ``asgi_handler``, a sibling, is imported before Django is set up.
+    from .backpressure import bound_client_buffers
+    from .daphne import close_database_pools_on_shutdown, enforce_websocket_limits, mask_access_log_tokens
+
     enforce_websocket_limits()
     mask_access_log_tokens()
+    bound_client_buffers()
     close_database_pools_on_shutdown()

@@ -10,8 +10,7 @@ the protocol fail politely, and cap the message and frame size at
 smaller daphne limit wins). Autobahn also refuses to *send* a message over
 that cap, which would silence a subscriber at the first event larger than
 it (a 40 KB prompt with a 30 KB context): the cap is made to apply to what
-clients send only. The same call applies ``backpressure``'s bound on what
-each connection (HTTP streams too) may leave unsent.
+clients send only.
 
 Autobahn (since 21.x) raises ``Disconnected`` on a send once the closing
 handshake has begun, where daphne expects the send to be dropped: a reply to
@@ -40,7 +39,7 @@ waiting for a connection fails at once, a connection in use is closed when
 its thread is done with it, and a commit in progress still completes.
 
 All of them are applied by ``events_app.server.install`` (from the app's
-``ready()``); without daphne installed they do nothing.
+``ready()``), after its version check; without daphne installed they do nothing.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ from typing import Any
 from django.db import connections
 
 from ..conf import humaninput_settings
-from .backpressure import bound_client_buffers, socket_transport, unsent_bytes
+from .backpressure import socket_transport, unsent_bytes
 
 _PATCHED = "_humaninput_limits"
 _TOKEN_IN_QUERY = re.compile(r"([?&](?:token|access_token)=)[^&#\s]*", re.IGNORECASE)
@@ -64,13 +63,12 @@ def mask_tokens(path: str) -> str:
 
 
 def enforce_websocket_limits() -> None:
-    """Patch daphne's ``WebSocketFactory`` and ``WebSocketProtocol`` as the module docstring says,
-    and bound client buffers; safe to call twice."""
+    """Patch daphne's ``WebSocketFactory`` and ``WebSocketProtocol`` as the module docstring says;
+    safe to call twice."""
     try:
         from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     except ImportError:  # another ASGI server: it enforces its own limits
         return
-    bound_client_buffers()
     if getattr(WebSocketFactory, _PATCHED, False):
         return
     original = WebSocketFactory.setProtocolOptions

@@ -21,8 +21,8 @@ session from a foreign Origin  close 4403  (a cookie read cross-origin is  (same
 malformed execution id,        close 4400  400 JSON                       400 JSON
 cursor, number, or a repeated
 parameter (``?token=a&token=b``)
-database down while opening    close 1013  503 JSON                       503 JSON
-database down at the first     close 1013  ``data: {"type": "error",      503 JSON
+database down while opening    close 4503  503 JSON                       503 JSON
+database down at the first     close 4503  ``data: {"type": "error",      503 JSON
 read                                       "code": "service_unavailable"
                                            ...}``, stream ends
 database down once streaming   stays open; retried at each catch-up   (same; an empty page
@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 
 async def _or_unavailable(work: Awaitable[T]) -> T:
-    """``work``'s result; a database error becomes ``ServiceUnavailable`` (503 / close 1013)."""
+    """``work``'s result; a database error becomes ``ServiceUnavailable`` (503 / close 4503)."""
     try:
         return await work
     except DatabaseError as error:
