@@ -29,7 +29,7 @@ def async_reader(function: Any) -> Any:
 
     channels' wrapper closes each connection past ``CONN_MAX_AGE`` after the
     call, the way a sync request would. The thread is asgiref's shared one,
-    so an open stream holds no thread of its own (see ``handlers``).
+    so an open stream holds no thread of its own (see ``server.asgi_handler``).
     """
     return database_sync_to_async(function)
 

@@ -1,41 +1,43 @@
 """The one way a transport opens a subscription, and what it does on each failure.
 
 Every live transport — WebSocket, SSE, long poll — hands ``open_subscription``
-the client's ``Credentials``, the execution id from its path, its cursor
-sources and its name, and gets back an ``ExecutionSubscription`` positioned
-after the cursor, or one ``HumanInputError``. The steps, in this order:
-authenticate, check the execution id, parse the cursor(s), authorize
-``read``, resolve the cursor in the log. The inbox stream authenticates
-through ``open_inbox`` the same way. The transports only translate the
-outcome; what each does with each failure is this table:
+the client's ``Credentials``, the execution id from its path and its query
+(SSE also its ``Last-Event-ID`` header), and gets back an
+``ExecutionSubscription`` positioned after the cursor, or one
+``HumanInputError``. The steps, in this order: authenticate, check the
+execution id, parse the cursor, authorize ``read``, resolve the cursor in
+the log. The inbox stream authenticates through ``open_inbox`` the same way.
+The transports only translate the outcome; what each does with each failure
+is this table (every HTTP answer is JSON ``{"code", "detail"}``, a 401 with
+``WWW-Authenticate``):
 
-=============================  ==========  =============================  ==========
-failure                        WebSocket   SSE                            long poll
-=============================  ==========  =============================  ==========
-missing, wrong, expired or     close 4401  401 JSON, ``WWW-Authenticate``  401 JSON
+================================  ===========  ================================  =========
+failure                           WebSocket    SSE                               long poll
+================================  ===========  ================================  =========
+missing, wrong, expired or        close 4401   401                               401
 revoked token (at open)
-token of another execution,    close 4403  403 JSON                       403 JSON
-or a read token answering
-session from a foreign Origin  close 4403  (a cookie read cross-origin is  (same)
-                                           unreadable: no check)
-malformed execution id,        close 4400  400 JSON                       400 JSON
-cursor, number, or a repeated
-parameter (``?token=a&token=b``)
-database down while opening    close 4503  503 JSON                       503 JSON
-database down at the first     close 4503  ``data: {"type": "error",      503 JSON
-read                                       "code": "service_unavailable"
-                                           ...}``, stream ends
-database down once streaming   stays open; retried at each catch-up   (same; an empty page
-                               (logged), nothing lost                 at the deadline)
-channel layer down             catch-up reads only; the group is      (same)
-                               rejoined at each catch-up
-token revoked once open        close 4401  ``data: {"type": "error",      401 JSON
-                                           "code": "token_revoked" ...}``,
-                                           stream ends
-=============================  ==========  =============================  ==========
+token of another execution        close 4403   403                               403
+session from a foreign Origin     close 4403   (no check: a cookie read          (same)
+                                               cross-origin is unreadable)
+malformed execution id, cursor    close 4400   400                               400
+or number; a parameter given
+twice (``?token=a&token=b``)
+database down while opening       close 4503   503                               503
+database down at the first read   close 4503   last message ``{"type": "error",  503
+                                               "code": "service_unavailable"}``
+database down once open           stays open: logged, retried at each catch-up,  empty page
+                                  nothing lost                                   at deadline
+channel layer down                catch-up reads only; the group is rejoined     (same)
+                                  at each catch-up
+token revoked once open           close 4401   last message ``{"type": "error",  401
+                                               "code": "token_revoked"}``
+================================  ===========  ================================  =========
 
-The inbox stream answers like SSE (and 403 for a principal without full
-access). Messages a WebSocket client sends are checked in ``websocket``.
+After the stream's last message the server ends it; EventSource reconnects
+and meets the failure as a status. The inbox stream answers like SSE, and
+403 to a principal without full access. What a WebSocket client sends is
+checked in ``frames``: a refused frame (a read token answering, bad JSON)
+gets an error frame and the connection stays open.
 """
 
 from __future__ import annotations
