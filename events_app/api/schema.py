@@ -1,5 +1,5 @@
 """OpenAPI additions drf-spectacular cannot infer: the SSE stream, the WebSocket, and the
-exact shapes of what ``log`` and the strict serializers accept."""
+exact shapes of what ``params`` and the strict serializers accept."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ WEBSOCKET_DESCRIPTION = """
 The server sends one event JSON object per text frame. Client messages:
 `{"type": "ping"}` → `{"type": "pong"}`; `{"type": "respond", "request_id": "...", "response": "..."}`.
 Bad messages get `{"type": "error", "code": "...", "detail": "..."}`. Close codes: 4400 invalid
-execution id or cursor, 4401 bad or missing token, 4403 token not valid for this execution,
-4404 unknown path, 1009 message over 64 KiB.
+execution id or cursor, or a parameter given twice; 4401 bad, missing or revoked token; 4403 token
+not valid for this execution; 4404 unknown path; 4503 database unavailable (retry); 1009 message
+over 64 KiB.
 """
 
 # What ``params.validate_execution_id`` accepts, as a JSON Schema (ECMA) pattern.
@@ -27,7 +28,7 @@ EXECUTION_ID_SCHEMA = {"type": "string", "pattern": EXECUTION_ID_PATTERN}
 
 
 def or_empty(schema: dict[str, Any]) -> dict[str, Any]:
-    """A query parameter's ``schema``, or empty (``?limit=``), which ``log`` reads as absent."""
+    """A query parameter's ``schema``, or empty (``?limit=``), which ``params`` reads as absent."""
     return {"anyOf": [schema, {"type": "string", "maxLength": 0}]}
 
 

@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ..api.base import AsyncHumanInputAPIView, document
-from ..api.schema import CURSOR_SCHEMA, EXECUTION_ID_SCHEMA, or_empty
+from ..api.schema import CURSOR_SCHEMA, EXECUTION_ID_SCHEMA, TOKEN_SECURITY, or_empty
 from ..api.serializers import ErrorOutput, PollOutput
 from ..auth import Credentials
 from ..conf import humaninput_settings
@@ -53,7 +53,7 @@ class PollView(AsyncHumanInputAPIView):
     @document(
         operation_id="human_input_events_poll",
         tags=["events"],
-        auth=[{"bearer": []}, {"tokenQuery": []}],
+        auth=TOKEN_SECURITY,
         parameters=[
             OpenApiParameter("execution_id", EXECUTION_ID_SCHEMA, OpenApiParameter.PATH),
             OpenApiParameter("last_event_id", CURSOR_SCHEMA),
