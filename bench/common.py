@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Backend, ServerProcess, daphne, http_post_json
+from bench.harness import Backend, daphne, http_post_json
 from bench.roles import create_body
+from harness.server import ServerProcess
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from websockets.sync.client import connect as ws_connect
 
 from bench.common import Context, Result, merge, write_events
-from bench.harness import PYTHON, ServerProcess, ask_all, server_env, split, workers
+from bench.harness import PYTHON, ask_all, serve, server_env, split, workers
 from bench.roles import fake_event, subscribers
+from harness.server import FD, ServerProcess
 
 
 def rounds(
@@ -81,9 +81,8 @@ def run(ctx: Context) -> Result:
         ours = rounds(ctx, server, "ws", execution_id, lambda _: write_events(server.port, [execution_id]))
     finally:
         server.stop()
-    argv = [PYTHON, "-m", "bench.baseline", "--fd", "{fd}"]
-    log_path = Path(ctx.workdir) / "baseline.log"
-    baseline_server = ServerProcess(argv, server_env(ctx.backend), log_path, ctx.server_cpus).start()
+    argv = [PYTHON, "-m", "bench.baseline", "--fd", FD]
+    baseline_server = serve(argv, server_env(ctx.backend), ctx.workdir, ctx.server_cpus, name="baseline")
     try:
         with ws_connect(f"ws://127.0.0.1:{baseline_server.port}/publish", compression=None) as publisher:
             baseline = rounds(

@@ -4,10 +4,9 @@
   migrated database: a SQLite file with the in-memory channel layer, or a
   PostgreSQL database of its own plus a Redis database (both dropped or
   flushed on the way out, whatever happened).
-- ``ServerProcess`` runs one server (daphne, or the websockets baseline) on a
-  socket this process binds and listens on first (``--fd``), so the server
-  is reachable from the first moment and one request with a deadline is the
-  whole start-up wait. It is pinned to the server CPU.
+- ``serve`` starts one server (daphne, or the websockets baseline) as the
+  e2e tests do (``harness.server``: a socket bound here and handed over, one
+  health request with a deadline), pinned to the server CPU.
 - ``Worker`` runs one client role (``roles.py``) in a process of its own,
   pinned to the client CPUs, driven by ``(kind, data)`` messages over a pipe;
   every wait has a deadline and every process is killed in ``finally``. A
@@ -24,19 +23,20 @@ import multiprocessing
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
+
+import harness.redis
+from harness.server import ServerProcess, daphne_command
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -62,18 +62,6 @@ def cpu_split() -> tuple[set[int] | None, set[int] | None]:
     return {cpus[0]}, set(cpus[1:])
 
 
-def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.05, what: str) -> Any:
-    """Re-check ``condition`` until it is truthy; TimeoutError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 # --- backends ---------------------------------------------------------------------------------
 
 
@@ -87,11 +75,6 @@ class Backend:
 def pg_connect(url: str) -> psycopg.Connection[Any]:
     """An autocommit PostgreSQL connection whose connect and statements have deadlines."""
     return psycopg.connect(url, autocommit=True, connect_timeout=10, options="-c statement_timeout=60s")
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client whose connect and replies have deadlines."""
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
 
 
 def run_checked(argv: Sequence[str], env: dict[str, str], timeout: float) -> None:
@@ -118,15 +101,13 @@ def backend(name: str, workdir: Path, redis_db: int) -> Iterator[Backend]:
     with pg_connect(PG_ADMIN_URL) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{database}"')
-    store = redis_client(redis_url)
     try:
-        store.flushdb()
+        harness.redis.flush(redis_url)
         run_checked([PYTHON, "manage.py", "migrate", "--noinput"], server_env(chosen), timeout=120)
         yield chosen
     finally:
         with contextlib.suppress(Exception):
-            store.flushdb()
-        store.close()
+            harness.redis.flush(redis_url)
         with pg_connect(PG_ADMIN_URL) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
@@ -165,96 +146,28 @@ def _pin_and_raise(cpus: set[int] | None) -> Callable[[], None]:
     return prepare
 
 
-@dataclass
-class ServerProcess:
-    """One server process on a pre-bound socket: ``argv`` gets ``{fd}`` replaced by its descriptor."""
+def serve(
+    argv: list[str], env: dict[str, str], workdir: Path, cpus: set[int] | None, name: str = "daphne"
+) -> ServerProcess:
+    """One server process (``harness.server``) pinned to ``cpus``, with a raised open-files limit; started.
 
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    cpus: set[int] | None = None
-    ready_path: str | None = "/health"
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 60) -> ServerProcess:
-        with socket.socket() as listener, open(self.log_path, "ab") as log:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(4096)
-            self.port = listener.getsockname()[1]
-            fd = str(listener.fileno())
-            self.process = subprocess.Popen(
-                [part.replace("{fd}", fd) for part in self.argv],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=[listener.fileno()],
-                preexec_fn=_pin_and_raise(self.cpus),
-            )
-        try:
-            if self.ready_path is not None:
-                status = http_get(self.port, self.ready_path, timeout=timeout)[0]
-                if status != 200:
-                    raise RuntimeError(f"{self.ready_path} answered {status}")
-        except Exception as error:
-            self.stop()
-            raise RuntimeError(f"server did not start ({error}):\n{self.log()[-3000:]}") from error
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def status(self) -> dict[str, int]:
-        """VmRSS (KiB) and thread count of the server, from /proc (no psutil)."""
-        fields = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in {"VmRSS", "Threads"}:
-                fields[key] = int(value.split()[0])
-        return {"rss_kib": fields["VmRSS"], "threads": fields["Threads"]}
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time the server has used so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        parts = stat.rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-    def wait_quiet(self, *, idle: float = 0.5, timeout: float = 60) -> None:
-        """Wait until the server used under 2% CPU during ``idle`` seconds: it has handled its backlog."""
-        state = {"cpu": self.cpu_seconds(), "at": time.monotonic()}
-
-        def quiet() -> bool:
-            now = time.monotonic()
-            if now - state["at"] < idle:
-                return False
-            cpu = self.cpu_seconds()
-            used, state["cpu"], state["at"] = cpu - state["cpu"], cpu, now
-            return used < 0.02 * idle
-
-        wait_until(quiet, timeout=timeout, interval=idle / 5, what="the server to go quiet")
+    Its log is ``<workdir>/<name>-<ns>-<port>.log``: a later server on a reused port logs apart.
+    """
+    return ServerProcess(
+        argv=argv,
+        env=env,
+        log_dir=workdir,
+        name=f"{name}-{time.monotonic_ns()}",
+        health_timeout=60,
+        backlog=4096,
+        preexec=_pin_and_raise(cpus),
+    ).start()
 
 
 def daphne(chosen: Backend, workdir: Path, cpus: set[int] | None, **overrides: str) -> ServerProcess:
     """One daphne process serving the project with ``chosen``'s database (and Redis)."""
-    argv = [PYTHON, "-m", "daphne", "--fd", "{fd}", "humaninput_project.asgi:application"]
-    log_path = workdir / f"daphne-{time.monotonic_ns()}.log"
-    return ServerProcess(argv, server_env(chosen, **overrides), log_path, cpus).start()
+    argv = daphne_command("humaninput_project.asgi:application", PYTHON)
+    return serve(argv, server_env(chosen, **overrides), workdir, cpus)
 
 
 def http_get(

@@ -54,7 +54,6 @@ from bench.common import percentiles, spread_evenly, write_events
 from bench.harness import (
     PYTHON,
     Backend,
-    ServerProcess,
     ask_all,
     backend,
     cpu_split,
@@ -63,10 +62,12 @@ from bench.harness import (
     raise_fd_limit,
     run_once,
     scratch_dir,
+    serve,
     server_env,
     workers,
 )
 from bench.roles import LONG, PROMPT, subscribers
+from harness.server import ServerProcess, daphne_command
 
 PHASES = {"off": "0", "on": ""}  # HUMANINPUT_CROSS_PROCESS_CHECK_SECONDS ("" = the default)
 QUERIES_PATH = "/bench/queries"
@@ -185,10 +186,9 @@ async def paced_writer(
 
 
 def start_server(chosen: Backend, workdir: Path, cpus: set[int] | None, check_seconds: str) -> ServerProcess:
-    argv = [PYTHON, "-m", "daphne", "--fd", "{fd}", "bench.idle_cost:application"]
     overrides = {"HUMANINPUT_CROSS_PROCESS_CHECK_SECONDS": check_seconds} if check_seconds else {}
-    env = server_env(chosen, **overrides)
-    return ServerProcess(argv, env, workdir / f"daphne-{time.monotonic_ns()}.log", cpus).start()
+    argv = daphne_command("bench.idle_cost:application", PYTHON)
+    return serve(argv, server_env(chosen, **overrides), workdir, cpus)
 
 
 def query_counts(server: ServerProcess) -> Counter[str]:

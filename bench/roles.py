@@ -15,7 +15,8 @@ one clock).
 
 HTTP clients are raw asyncio streams (keep-alive HTTP/1.1, chunked bodies)
 rather than a client library, so the load generator costs less CPU than the
-server it loads.
+server it loads; the SSE subscriber feeds the body to the e2e tests' reader
+(``harness.sse``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from bench.harness import API_KEY, Control
+from harness.sse import SSEReader
 
 HOST = "127.0.0.1"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -245,16 +247,8 @@ class SSESubscriber(Subscriber):
             raise ConnectionError(f"SSE answered {status}")
 
     async def run(self) -> None:
-        buffer = b""
-        async for chunk in self.http.chunks(self.headers):
-            buffer += chunk
-            *messages, buffer = buffer.split(b"\n\n")
-            for message in messages:
-                for line in message.split(b"\n"):
-                    if line.startswith(b"data:"):
-                        event = json.loads(line[5:])
-                        if event.get("type") != "heartbeat":
-                            self.deliver(event)
+        async for event in SSEReader(self.http.chunks(self.headers)).each_event():
+            self.deliver(event)
 
     async def close(self) -> None:
         self.http.close()

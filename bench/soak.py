@@ -62,12 +62,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import harness.redis
 from bench.common import SCALES, Context, Result, percentiles, spread_evenly, with_scale
 from bench.harness import (
     API_KEY,
     PG_ADMIN_URL,
     Backend,
-    ServerProcess,
     Worker,
     ask_all,
     backend,
@@ -76,14 +76,13 @@ from bench.harness import (
     http_get,
     pg_connect,
     raise_fd_limit,
-    redis_client,
     scratch_dir,
     split,
-    wait_until,
     workers,
 )
 from bench.report import machine, rows, text_table
 from bench.soak_clients import KEPT, TRANSPORTS, describe, soak_clients, soak_writer
+from harness.server import ServerProcess, wait_until
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SAMPLE_EVERY = 60.0
@@ -169,11 +168,8 @@ def pubsub_subscriptions(chosen: Backend, servers: list[ServerProcess]) -> list[
     """
     if chosen.redis_url is None:
         return None
-    store = redis_client(chosen.redis_url)
-    try:
+    with harness.redis.client(chosen.redis_url) as store:
         held = {entry["addr"]: int(entry.get("sub", 0)) for entry in store.client_list()}
-    finally:
-        store.close()
     port = urlsplit(chosen.redis_url).port or 6379
     return [sum(held.get(each, 0) for each in redis_endpoints(server.pid, port)) for server in servers]
 

@@ -2,13 +2,17 @@
 
 The server runs ``humaninput_project.settings`` (not the test settings) with
 the same database as the test process: the SQLite test file, or the
-PostgreSQL test database, and Redis when the run has ``REDIS_URL``. Tests
-write through the service layer in this process or through the server.
-With the in-memory layer a write made here cannot ring the server's doorbell:
-the server's cross-process watcher (``events_app.crossprocess``) finds the
-commit within a quarter second, and embedded-mode servers also get a short
-catch-up interval; with Redis the doorbell crosses processes and the
-catch-up interval is long, which proves delivery did not come from catch-up.
+PostgreSQL test database, and Redis when the run has ``REDIS_URL``. The
+processes, the SSE reader and the Redis helpers are ``harness``'s, shared
+with the bench.
+
+Tests write through a server, as agents do (REST, the client, a WebSocket
+answer), so every write rings that server's doorbell on either channel
+layer. Servers catch up every ``CATCH_UP_SECONDS``, longer than any deadline
+here: a delivery within a test proves the doorbell rang. A test that needs a
+state only a direct database write makes (a request already overdue, a write
+while no server runs) writes in this process, says so, and does not wait on
+a doorbell for it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,7 @@ import contextlib
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -34,10 +35,13 @@ import pytest
 import websockets
 from django.conf import settings
 
+from harness.server import ServerProcess, daphne_command
+from harness.sse import SSEReader
 from tests.conftest import uses_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 15.0
+REQUESTS = "/api/human-input/requests"
 
 IDENTITY_FIELDS = {
     "type",
@@ -73,26 +77,17 @@ def database_url() -> str:
 
 
 @dataclass
-class DaphneServer:
-    """One daphne subprocess; ``start`` returns once ``/health`` answers 200."""
+class DaphneServer(ServerProcess):
+    """A daphne serving the demo project with this run's database and keys (``harness.server``)."""
 
     env_overrides: dict[str, str] = field(default_factory=dict)
     # What to run, from where: the demo project by default; a host project's own otherwise.
     application: str = "humaninput_project.asgi:application"
     executable: str = sys.executable
-    cwd: Path = ROOT
-    health_path: str = "/health"
-    port: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
+    name: str = "daphne"
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+    def command(self) -> list[str]:
+        return daphne_command(self.application, self.executable)
 
     def environment(self) -> dict[str, str]:
         env = {
@@ -119,55 +114,9 @@ class DaphneServer:
         env.update(self.env_overrides)
         return env
 
-    def start(self, tmp_dir: Path, port: int | None = None) -> DaphneServer:
-        """Start on ``port`` (a restart keeps its address), else on a free one.
 
-        The test process binds and listens on the socket itself and hands it
-        to daphne (``--fd``): it accepts connections from the first moment,
-        queued until daphne serves them, so one health request with a deadline
-        is the whole start-up wait (no port race, no polling).
-        """
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port or 0))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        self.log_path = tmp_dir / f"daphne-{self.port}.log"
-        with listener, open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [self.executable, "-m", "daphne", "--fd", str(listener.fileno()), self.application],
-                cwd=self.cwd,
-                env=self.environment(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                pass_fds=[listener.fileno()],
-            )
-        try:
-            healthy = httpx.get(f"{self.http_url}{self.health_path}", timeout=30).status_code == 200
-        except httpx.HTTPError:
-            healthy = False
-        if not healthy:
-            self.stop()
-            raise RuntimeError(f"daphne did not become healthy:\n{self.log()}")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
-
-
-def catch_up_interval() -> str:
-    # See the module docstring: long with Redis (doorbells cross processes),
-    # short without (writes made here reach the server only by catch-up).
-    return "60" if uses_redis() else "0.25"
+# See the module docstring: longer than any deadline, so what arrives in time was rung.
+CATCH_UP_SECONDS = "60"
 
 
 def unexpected_tracebacks(log: str, tolerated: tuple[str, ...] = ()) -> list[str]:
@@ -196,10 +145,10 @@ def running_server(
 
 @pytest.fixture(scope="module")
 def server(django_db_setup, django_db_blocker, tmp_path_factory) -> Iterator[DaphneServer]:
-    """A daphne for the module: short SSE heartbeat, catch-up as ``catch_up_interval``."""
+    """A daphne for the module: short SSE heartbeat, catch-up far beyond any deadline."""
     with running_server(
         tmp_path_factory.mktemp("daphne"),
-        HUMANINPUT_CATCHUP_SECONDS=catch_up_interval(),
+        HUMANINPUT_CATCHUP_SECONDS=CATCH_UP_SECONDS,
         HUMANINPUT_SSE_HEARTBEAT_SECONDS="0.5",
     ) as started:
         yield started
@@ -212,13 +161,29 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def api_client(server: ServerProcess, token: str) -> httpx.AsyncClient:
+    """An HTTP client for ``server`` presenting ``token`` (``async with`` it)."""
+    return httpx.AsyncClient(base_url=server.http_url, headers=bearer(token), timeout=DEADLINE)
+
+
 @pytest.fixture
 async def api(server, api_key) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for the module's server, with the API key."""
-    async with httpx.AsyncClient(
-        base_url=server.http_url, headers=bearer(api_key), timeout=DEADLINE
-    ) as client:
+    async with api_client(server, api_key) as client:
         yield client
+
+
+async def create_request(api: httpx.AsyncClient, execution_id: str, **fields: Any) -> dict[str, Any]:
+    """Ask through the server's REST API, as an agent does (``prompt`` "Ship it?" unless given);
+    the created request (with its ``event_id``)."""
+    response = await api.post(REQUESTS, json={"execution_id": execution_id, "prompt": "Ship it?", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def respond(api: httpx.AsyncClient, request_id: str, answer: str) -> httpx.Response:
+    """Answer through the server's REST API, as a human's answer arrives; the response, unchecked."""
+    return await api.post(f"{REQUESTS}/{request_id}/respond", json={"response": answer})
 
 
 async def metric(server: DaphneServer, api_key: str, name: str, **labels: str) -> float:
@@ -259,39 +224,17 @@ async def ws_close_code(ws: Any, deadline: float = DEADLINE) -> int | None:
     return ws.close_code
 
 
-class SSEStream:
-    """A parsed ``text/event-stream``: yields dicts with ``id``, ``data``, ``retry``."""
+class SSEStream(SSEReader):
+    """A streamed response's messages (``harness.sse``), each read within ``DEADLINE`` unless
+    told otherwise; ``next_event`` also checks that an event's ``id:`` is its ``event_id``."""
 
     def __init__(self, response: httpx.Response) -> None:
-        self.response = response
-        self._lines = response.aiter_lines()
+        super().__init__(response.aiter_bytes(), deadline=DEADLINE, response=response)
 
-    async def next_message(self, deadline: float = DEADLINE) -> dict[str, Any]:
-        return await asyncio.wait_for(self._next_message(), timeout=deadline)
-
-    async def _next_message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {}
-        async for line in self._lines:
-            if line == "":
-                if message:
-                    return message
-                continue
-            name, _, value = line.partition(":")
-            message[name] = value[1:] if value.startswith(" ") else value
-        raise EOFError("stream ended")
-
-    async def next_event(self, deadline: float = DEADLINE) -> dict[str, Any]:
-        """The next message with data that is not a heartbeat, as JSON (with its ``id``)."""
-        end = time.monotonic() + deadline
-        while True:
-            message = await self.next_message(max(0.01, end - time.monotonic()))
-            if "data" not in message:
-                continue
-            data = json.loads(message["data"])
-            if data.get("type") == "heartbeat":
-                continue
-            assert message.get("id") == data["event_id"]
-            return data
+    async def next_event(self, deadline: float | None = None) -> dict[str, Any]:
+        event = await super().next_event(deadline)
+        assert self.last_event_id == event["event_id"], (self.last_event_id, event)
+        return event
 
     async def events(self, count: int, deadline: float = DEADLINE) -> list[dict[str, Any]]:
         return [await self.next_event(deadline) for _ in range(count)]
@@ -323,13 +266,21 @@ class Received(list):
 
 @contextlib.asynccontextmanager
 async def sse_connect(
-    server: DaphneServer, execution_id: str, headers: dict[str, str] | None = None, **params: str | None
+    server: ServerProcess,
+    execution_id: str,
+    headers: dict[str, str] | None = None,
+    *,
+    prefix: str = "",
+    read_timeout: float = DEADLINE,
+    **params: str | None,
 ) -> AsyncIterator[SSEStream]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(DEADLINE)) as client:
-        async with client.stream(
-            "GET", f"{server.http_url}/events/human-input/{execution_id}{query(**params)}", headers=headers
-        ) as response:
-            yield SSEStream(response)
+    """The SSE stream of ``execution_id`` (under ``prefix`` where a host mounts the app)."""
+    url = f"{server.http_url}{prefix}/events/human-input/{execution_id}{query(**params)}"
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(read_timeout)) as client,
+        client.stream("GET", url, headers=headers) as response,
+    ):
+        yield SSEStream(response)
 
 
 async def poll(

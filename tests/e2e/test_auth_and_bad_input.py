@@ -8,12 +8,8 @@ import uuid
 import httpx
 import pytest
 import websockets
-from channels.db import database_sync_to_async
 
-from events_app import services
-from events_app.auth import issue_token
-
-from .conftest import DEADLINE, poll, query, ws_close_code, ws_connect, ws_recv
+from .conftest import DEADLINE, create_request, poll, query, ws_close_code, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -87,9 +83,11 @@ async def test_non_ascii_bearer_header_is_a_401_not_a_500(server, execution_id):
 
 @pytest.mark.parametrize("transport", ["ws", "sse", "poll"])
 async def test_scoped_token_for_another_execution_is_forbidden(
-    server, execution_id, other_execution_id, transport
+    server, api, execution_id, other_execution_id, transport
 ):
-    token, _ = issue_token(execution_id=other_execution_id, scope="read")
+    minted = await api.post("/api/tokens", json={"execution_id": other_execution_id, "scope": "read"})
+    assert minted.status_code == 201, minted.text
+    token = minted.json()["token"]
     if transport == "ws":
         assert await ws_status(server, execution_id, token=token) == 4403
         return
@@ -119,9 +117,9 @@ async def test_malformed_execution_id_is_a_400_or_4400(server, api_key, transpor
     assert response.json()["code"] == "invalid_execution_id"
 
 
-async def test_longest_valid_execution_id_with_every_allowed_character_works(server, api_key):
+async def test_longest_valid_execution_id_with_every_allowed_character_works(server, api, api_key):
     execution_id = ("Az09._:-" * 16)[:128]
-    await database_sync_to_async(services.request_create)(execution_id=execution_id, prompt="edge")
+    await create_request(api, execution_id, prompt="edge")
     ws = await ws_connect(server, execution_id, token=api_key)
     assert (await ws_recv(ws))["execution_id"] == execution_id
     await ws.close()

@@ -23,11 +23,18 @@ from events_app.client import (
     RequestExpired,
 )
 
-from .conftest import Received, catch_up_interval, run_example, running_server, ws_connect, ws_recv
+from .conftest import (
+    CATCH_UP_SECONDS,
+    Received,
+    api_client,
+    create_request,
+    run_example,
+    running_server,
+    ws_connect,
+    ws_recv,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-create = database_sync_to_async(services.request_create)
 
 
 async def answer_first_request_over_ws(server, api_key, execution_id, response: str) -> dict:
@@ -112,20 +119,27 @@ async def collect(subscription, into: Received, stop_after: int) -> None:
 async def test_subscriber_resumes_across_a_server_restart_with_nothing_lost_or_repeated(
     tmp_path, api_key, execution_id
 ):
-    write = database_sync_to_async(
-        lambda n: [services.request_create(execution_id=execution_id, prompt=f"q{i}") for i in range(n)]
+    async def ask(server, prompts: range) -> None:
+        async with api_client(server, api_key) as api:
+            for number in prompts:
+                await create_request(api, execution_id, prompt=f"q{number}")
+
+    # No server runs to ask through: straight to the database; the client's replay from its
+    # cursor after the restart reads these, no doorbell involved.
+    write_while_down = database_sync_to_async(
+        lambda prompts: [services.request_create(execution_id=execution_id, prompt=f"q{n}") for n in prompts]
     )
-    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()) as server:
+    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=CATCH_UP_SECONDS) as server:
         client = HumanInputClient(server.http_url, token=api_key, reconnect_max_delay=0.5)
         received = Received()
         following = asyncio.create_task(collect(client.subscribe(execution_id), received, stop_after=8))
-        await write(3)
+        await ask(server, range(3))
         await received.count_reaches(3)
 
         server.stop()  # every connection drops; the client starts reconnecting
-        await write(3)  # written while no server runs
+        await write_while_down(range(3, 6))
         server.start(tmp_path, port=server.port)
-        await write(2)
+        await ask(server, range(6, 8))
         await asyncio.wait_for(following, 30)
 
     assert [event["sequence"] for event in received] == list(range(1, 9))
@@ -160,8 +174,8 @@ async def test_rest_call_raises_when_no_server_can_be_reached(execution_id):
         await client.acreate_request(execution_id, "anyone?")
 
 
-async def test_subscribe_starts_on_the_first_server_that_answers(server, api_key, execution_id):
-    await create(execution_id=execution_id, prompt="found you")
+async def test_subscribe_starts_on_the_first_server_that_answers(server, api, api_key, execution_id):
+    await create_request(api, execution_id, prompt="found you")
     client = HumanInputClient([closed_port_url(), server.http_url], token=api_key)
     received = Received()
     await asyncio.wait_for(collect(client.subscribe(execution_id), received, stop_after=1), 15)
@@ -170,7 +184,7 @@ async def test_subscribe_starts_on_the_first_server_that_answers(server, api_key
 
 
 async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
-    server, api_key, execution_id, monkeypatch
+    server, api, api_key, execution_id, monkeypatch
 ):
     async def refuse(*args, **kwargs):
         raise OSError("WebSocket upgrade blocked")
@@ -184,7 +198,7 @@ async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
 
     monkeypatch.setattr(client_module.websockets, "connect", refuse)
     monkeypatch.setattr(HumanInputClient, "_open", spy_open)
-    await create(execution_id=execution_id, prompt="via SSE?")
+    await create_request(api, execution_id, prompt="via SSE?")
     client = HumanInputClient(server.http_url, token=api_key)
     received = Received()
     await asyncio.wait_for(collect(client.subscribe(execution_id), received, stop_after=1), 15)
@@ -192,13 +206,13 @@ async def test_subscribe_falls_back_to_sse_when_websocket_cannot_connect(
     assert opened == ["ws", "sse"]
 
 
-async def test_subscribe_over_long_polling_only(server, api_key, execution_id):
+async def test_subscribe_over_long_polling_only(server, api, api_key, execution_id):
     client = HumanInputClient(server.http_url, token=api_key, transports=("poll",), poll_wait=2)
     received = Received()
     following = asyncio.create_task(collect(client.subscribe(execution_id), received, stop_after=2))
-    await create(execution_id=execution_id, prompt="one")
+    await create_request(api, execution_id, prompt="one")
     await received.count_reaches(1)
-    await create(execution_id=execution_id, prompt="two")
+    await create_request(api, execution_id, prompt="two")
     await asyncio.wait_for(following, 15)
     assert [event["prompt"] for event in received] == ["one", "two"]
 

@@ -30,7 +30,7 @@ from events_app.integrations.crewai import (
     HumanInputServiceProvider,
     humaninput_feedback,
 )
-from events_app.integrations.crewai_testing import ScriptedLLM
+from examples.scripted_llm import ScriptedLLM
 
 from .conftest import DEADLINE, SSEStream, bearer, poll, run_example, ws_connect, ws_recv
 
@@ -163,7 +163,8 @@ def test_provider_refuses_an_unknown_timeout_policy(api_key):
 
 def test_the_core_service_never_imports_crewai():
     modules = (
-        "events_app.services, events_app.client, events_app.consumers, events_app.api.urls, events_app.admin"
+        "events_app.services, events_app.client, events_app.streaming.websocket, "
+        "events_app.api.urls, events_app.admin"
     )
     code = (
         "import django, os, sys; os.environ['DJANGO_DEBUG'] = '1'; "

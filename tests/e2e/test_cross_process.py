@@ -5,7 +5,7 @@ second daphne on the same database. The server's catch-up is 60 s, so only
 a doorbell can explain delivery within ``DELIVERY_DEADLINE``: on the
 embedded default (SQLite + in-memory layer) the writer's doorbell never
 leaves the writer, and the server's cross-process watcher
-(``events_app.crossprocess``) rings it; with PostgreSQL + Redis the writer's
+(``events_app.streaming.crossprocess``) rings it; with PostgreSQL + Redis the writer's
 doorbell crosses by Redis and the watcher is off.
 """
 

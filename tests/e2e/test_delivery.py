@@ -6,14 +6,13 @@ import asyncio
 import json
 
 import pytest
-from channels.db import database_sync_to_async
-
-from events_app import services
 
 from .conftest import (
     COMPLETED_FIELDS,
     REQUIRED_FIELDS,
+    api_client,
     assert_timestamp,
+    create_request,
     poll,
     running_server,
     sse_connect,
@@ -24,11 +23,9 @@ from .conftest import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-create = database_sync_to_async(services.request_create)
-
 
 async def test_request_and_answer_reach_every_transport_of_their_execution_only(
-    server, api_key, execution_id, other_execution_id
+    server, api, api_key, execution_id, other_execution_id
 ):
     ws = await ws_connect(server, execution_id, token=api_key)
     other_ws = await ws_connect(server, other_execution_id, token=api_key)
@@ -38,8 +35,9 @@ async def test_request_and_answer_reach_every_transport_of_their_execution_only(
         assert sse.response.headers["x-accel-buffering"] == "no"
         assert await sse.next_message() == {"retry": "3000"}
 
-        request = await create(
-            execution_id=execution_id,
+        request = await create_request(
+            api,
+            execution_id,
             prompt="Ship it?",
             context="release 1.2",
             crew_id="crew-1",
@@ -61,20 +59,20 @@ async def test_request_and_answer_reach_every_transport_of_their_execution_only(
             "prompt": "Ship it?",
             "context": "release 1.2",
             "reason_flags": {"ambiguity": True, "missing_field": False},
-            "request_id": str(request.id),
+            "request_id": request["id"],
             "sequence": 1,
         }
         assert_timestamp(required_ws["timestamp"])
 
         # The answer goes through the server, over the same socket.
-        await ws.send(json.dumps({"type": "respond", "request_id": str(request.id), "response": "Yes"}))
+        await ws.send(json.dumps({"type": "respond", "request_id": request["id"], "response": "Yes"}))
         completed_ws = await ws_recv(ws)
         completed_sse = await sse.next_event()
         assert completed_ws == completed_sse
         assert set(completed_ws) == COMPLETED_FIELDS
         assert completed_ws["type"] == "human_input_completed"
         assert completed_ws["human_feedback"] == "Yes"
-        assert completed_ws["request_id"] == str(request.id)
+        assert completed_ws["request_id"] == request["id"]
         assert completed_ws["sequence"] == 2
         assert completed_ws["event_id"] != required_ws["event_id"]
         assert_timestamp(completed_ws["timestamp"])
@@ -84,9 +82,9 @@ async def test_request_and_answer_reach_every_transport_of_their_execution_only(
     assert body["last_event_id"] == completed_ws["event_id"]
 
     # The other execution saw none of it: its first frame is its own event.
-    other = await create(execution_id=other_execution_id, prompt="Other?")
+    other = await create_request(api, other_execution_id, prompt="Other?")
     first = await ws_recv(other_ws)
-    assert (first["request_id"], first["sequence"]) == (str(other.id), 1)
+    assert (first["request_id"], first["sequence"]) == (other["id"], 1)
     assert (await poll(server, other_execution_id, token=api_key)).json()["events"] == [first]
     await ws.close()
     await other_ws.close()
@@ -97,7 +95,8 @@ async def test_answer_over_websocket_rings_other_subscribers_without_catch_up(
 ):
     """With catch-up effectively off, delivery of a server-side write can only be the doorbell."""
     with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS="3600") as quiet_server:
-        request = await create(execution_id=execution_id, prompt="Deploy?")
+        async with api_client(quiet_server, api_key) as quiet_api:
+            request = await create_request(quiet_api, execution_id, prompt="Deploy?")
         watcher = await ws_connect(quiet_server, execution_id, token=api_key)
         answerer = await ws_connect(quiet_server, execution_id, token=api_key)
         async with sse_connect(quiet_server, execution_id, token=api_key) as sse:
@@ -109,7 +108,7 @@ async def test_answer_over_websocket_rings_other_subscribers_without_catch_up(
                 poll(quiet_server, execution_id, token=api_key, last_event_id=first["event_id"], wait="20")
             )
             await answerer.send(
-                json.dumps({"type": "respond", "request_id": str(request.id), "response": "go"})
+                json.dumps({"type": "respond", "request_id": request["id"], "response": "go"})
             )
             for received in (await ws_recv(watcher), await ws_recv(answerer), await sse.next_event()):
                 assert (received["type"], received["sequence"]) == ("human_input_completed", 2)
@@ -119,23 +118,23 @@ async def test_answer_over_websocket_rings_other_subscribers_without_catch_up(
         assert [e["sequence"] for e in body["events"]] == [2]
 
 
-async def test_long_poll_returns_when_an_answer_arrives(server, api_key, execution_id):
-    request = await create(execution_id=execution_id, prompt="Now?")
+async def test_long_poll_returns_when_an_answer_arrives(server, api, api_key, execution_id):
+    request = await create_request(api, execution_id, prompt="Now?")
     first = (await poll(server, execution_id, token=api_key)).json()
     waiting = asyncio.create_task(
         poll(server, execution_id, token=api_key, last_event_id=first["last_event_id"], wait="30")
     )
     answerer = await ws_connect(server, execution_id, token=api_key)
     await ws_events(answerer, 1)
-    await answerer.send(json.dumps({"type": "respond", "request_id": str(request.id), "response": "ok"}))
+    await answerer.send(json.dumps({"type": "respond", "request_id": request["id"], "response": "ok"}))
     body = (await asyncio.wait_for(waiting, timeout=25)).json()
     assert [e["type"] for e in body["events"]] == ["human_input_completed"]
     assert body["last_event_id"] == body["events"][0]["event_id"]
     await answerer.close()
 
 
-async def test_long_poll_with_nothing_new_returns_empty_at_the_deadline(server, api_key, execution_id):
-    await create(execution_id=execution_id, prompt="Quiet?")
+async def test_long_poll_with_nothing_new_returns_empty_at_the_deadline(server, api, api_key, execution_id):
+    await create_request(api, execution_id, prompt="Quiet?")
     first = (await poll(server, execution_id, token=api_key)).json()
     response = await poll(server, execution_id, token=api_key, last_event_id=first["last_event_id"], wait="1")
     assert response.status_code == 200

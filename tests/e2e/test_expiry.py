@@ -26,12 +26,14 @@ from events_app.models import HumanInputEvent, HumanInputRequest
 
 from ..conftest import eventually, throughout
 from .conftest import (
+    CATCH_UP_SECONDS,
     DEADLINE,
     RESOLVED_FIELDS,
     ROOT,
     DaphneServer,
+    api_client,
     assert_timestamp,
-    catch_up_interval,
+    create_request,
     database_url,
     running_server,
     ws_connect,
@@ -53,7 +55,10 @@ def logged_types(request_id: str) -> list[str]:
 
 
 def create_overdue(execution_id: str) -> str:
-    """A pending request whose ``expires_at`` has already passed."""
+    """A pending request whose ``expires_at`` has already passed.
+
+    Only a direct write makes it (the API takes no past deadline); nothing waits on its doorbell.
+    """
     request = services.request_create(execution_id=execution_id, prompt="Ship it?", timeout_seconds=60)
     HumanInputRequest.objects.filter(pk=request.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     return str(request.id)
@@ -66,32 +71,19 @@ event_types = database_sync_to_async(logged_types)
 @pytest.fixture
 def expiring_server(django_db_setup, tmp_path) -> Iterator[DaphneServer]:
     """A daphne with the default expiry scheduler (every second)."""
-    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()) as started:
+    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=CATCH_UP_SECONDS) as started:
         yield started
 
 
 @pytest.fixture
 async def api(expiring_server, api_key) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        base_url=expiring_server.http_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=DEADLINE
-    ) as client:
+    async with api_client(expiring_server, api_key) as client:
         yield client
 
 
 async def ask_with_timeout(api: httpx.AsyncClient, execution_id: str, seconds: float) -> dict:
-    response = await api.post(
-        REQUESTS,
-        json={
-            "execution_id": execution_id,
-            "prompt": "Ship it?",
-            "crew_id": "crew-1",
-            "task_id": "task-1",
-            "agent_id": "agent-1",
-            "timeout_seconds": seconds,
-        },
-    )
-    assert response.status_code == 201
-    return response.json()
+    identity = {"crew_id": "crew-1", "task_id": "task-1", "agent_id": "agent-1"}
+    return await create_request(api, execution_id, timeout_seconds=seconds, **identity)
 
 
 async def wait_for_status(request_id: str, status: str) -> None:
@@ -195,6 +187,7 @@ def test_the_expire_command_expires_an_overdue_request(execution_id):
 
 
 def test_the_expire_command_leaves_requests_not_yet_due(execution_id):
+    # No server runs here (the command is what is tested): written straight to the database.
     request = services.request_create(execution_id=execution_id, prompt="later", timeout_seconds=3600)
     done = run_expire_command()
     assert done.returncode == 0, done.stderr
@@ -207,9 +200,7 @@ async def test_a_server_with_the_scheduler_off_leaves_overdue_requests_pending(
 ):
     request_id = await database_sync_to_async(create_overdue)(execution_id)
     with running_server(tmp_path, HUMANINPUT_EXPIRY_INTERVAL_SECONDS="0") as server:
-        async with httpx.AsyncClient(
-            base_url=server.http_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=DEADLINE
-        ) as client:
+        async with api_client(server, api_key) as client:
 
             async def still_pending() -> bool:
                 detail = await client.get(f"{REQUESTS}/{request_id}")

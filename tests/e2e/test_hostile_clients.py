@@ -30,18 +30,18 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 import websockets
 from channels.db import database_sync_to_async
 from daphne.utils import INVALID_HEADER_VALUE_BYTES
 from django.conf import settings
 from django.db import connection
 
+import harness.redis
 from events_app.auth import MAX_TOKEN_LENGTH, issue_token
 from events_app.events import group_name
 
 from ..conftest import eventually, uses_postgres, uses_redis
-from .conftest import DEADLINE, bearer, catch_up_interval, running_server
+from .conftest import CATCH_UP_SECONDS, DEADLINE, bearer, running_server, sse_connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -457,15 +457,9 @@ async def read_ws(url: str, count: int) -> list[int]:
         return [json.loads(await asyncio.wait_for(ws.recv(), 60))["sequence"] for _ in range(count)]
 
 
-async def read_sse(url: str, count: int) -> list[int]:
-    sequences: list[int] = []
-    async with httpx.AsyncClient(timeout=60) as http, http.stream("GET", url) as response:
-        async for line in response.aiter_lines():
-            if line.startswith("data: ") and '"sequence"' in line:
-                sequences.append(json.loads(line[6:])["sequence"])
-                if len(sequences) == count:
-                    break
-    return sequences
+async def read_sse(server: Any, execution_id: str, token: str, count: int) -> list[int]:
+    async with sse_connect(server, execution_id, read_timeout=60, token=token) as stream:
+        return [(await stream.next_event(60))["sequence"] for _ in range(count)]
 
 
 async def test_clients_that_stop_reading_are_dropped_and_the_server_memory_stays_bounded(
@@ -495,7 +489,7 @@ async def test_clients_that_stop_reading_are_dropped_and_the_server_memory_stays
                     slow.append((reader, writer))
             # Clients that read everything, on the same server, at the same time.
             readers.append(asyncio.create_task(read_ws(f"{server.ws_url}/ws{query}", BIG_EVENTS)))
-            readers.append(asyncio.create_task(read_sse(f"{server.http_url}/events{query}", BIG_EVENTS)))
+            readers.append(asyncio.create_task(read_sse(server, execution_id, api_key, BIG_EVENTS)))
             everyone = SLOW_CLIENTS_PER_TRANSPORT + 1
             await eventually(
                 lambda: scrape(server, api_key),
@@ -652,17 +646,14 @@ def postgres_connections(application_name: str) -> int:
 
 
 async def redis_group_members(execution_id: str) -> int:
-    """Members of the execution's group as Redis holds them (channels of the core layer;
-    processes subscribed to the group's channel with the pub/sub layer)."""
-    client = aioredis.from_url(settings.REDIS_URL)
+    """Members of the execution's group as Redis holds them."""
+    store = harness.redis.async_client(settings.REDIS_URL)
     try:
-        group = group_name(execution_id)
-        if settings.REDIS_CHANNEL_LAYER == "core":
-            return await client.zcard(f"asgi:group:{group}")
-        [(_, subscribed)] = await client.pubsub_numsub(f"asgi__group__{group}")
-        return subscribed
+        return await harness.redis.group_members(
+            store, group_name(execution_id), settings.REDIS_CHANNEL_LAYER
+        )
     finally:
-        await client.aclose()
+        await store.aclose()
 
 
 async def test_a_thousand_connections_dropped_abruptly_leave_no_task_membership_or_connection(
@@ -675,7 +666,7 @@ async def test_a_thousand_connections_dropped_abruptly_leave_no_task_membership_
     where an idle server has them, and a new subscriber still gets every event."""
     application_name = f"humaninput-hostile-{os.getpid()}"
     env = {
-        "HUMANINPUT_CATCHUP_SECONDS": catch_up_interval(),
+        "HUMANINPUT_CATCHUP_SECONDS": CATCH_UP_SECONDS,
         "PGAPPNAME": application_name,
         # No pool: every database connection the server holds is one it forgot to close.
         "DATABASE_POOL_MAX_SIZE": "0",

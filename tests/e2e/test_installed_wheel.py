@@ -37,9 +37,10 @@ import pytest
 import websockets
 from django.conf import settings
 
+from harness.server import ServerProcess, daphne_command
 from tests.conftest import eventually, uses_postgres, uses_redis
 
-from .conftest import DEADLINE, ROOT, DaphneServer, bearer, unexpected_tracebacks
+from .conftest import DEADLINE, ROOT, bearer, sse_connect, unexpected_tracebacks
 
 pytestmark = [pytest.mark.e2e]
 
@@ -47,7 +48,7 @@ API_KEY = "host-agent-key-7f3c9a1e5b"
 STAFF_PASSWORD = "a-staff-password-for-tests"
 PREFIX = "/humaninput"
 # Modules that need an extra that this venv leaves out on purpose (crewAI is large).
-OPTIONAL = {"events_app.integrations.crewai": "crewai", "events_app.integrations.crewai_testing": "crewai"}
+OPTIONAL = {"events_app.integrations.crewai": "crewai"}
 
 
 def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -289,7 +290,12 @@ def test_every_module_of_the_installed_package_imports_from_the_venv(host, venv)
     found = json.loads(result.stdout)
     assert Path(found["file"]).is_relative_to(venv), found["file"]  # not the checkout
     assert found["failed"] == OPTIONAL, "a module needs a dependency pyproject.toml does not declare"
-    for name in ("events_app.client", "events_app.api.views", "events_app.consumers", "events_app.hardening"):
+    for name in (
+        "events_app.client",
+        "events_app.api.views",
+        "events_app.streaming.websocket",
+        "events_app.server",
+    ):
         assert name in found["imported"]
 
 
@@ -301,18 +307,19 @@ def test_manage_py_check_passes_and_migrate_applied_the_apps_migrations(host):
 
 
 @pytest.fixture(scope="module")
-def host_server(host, tmp_path_factory) -> Iterator[DaphneServer]:
-    server = DaphneServer(
-        application="host.asgi:application",
-        executable=host.python,
+def host_server(host, tmp_path_factory) -> Iterator[ServerProcess]:
+    """daphne serving the host project from the venv, in the host's own environment."""
+    server = ServerProcess(
+        argv=daphne_command("host.asgi:application", executable=host.python),
         cwd=host.path,
+        env={
+            **host.env,
+            "HUMANINPUT_EXPIRY_INTERVAL_SECONDS": "0.2",
+            "PYTHONUNBUFFERED": "1",  # the access log (stdout) is read while the server runs
+        },
         health_path=f"{PREFIX}/health",
+        name="host-daphne",
     )
-    server.environment = lambda: {  # type: ignore[method-assign]
-        **host.env,
-        "HUMANINPUT_EXPIRY_INTERVAL_SECONDS": "0.2",
-        "PYTHONUNBUFFERED": "1",  # the access log (stdout) is read while the server runs
-    }  # type: ignore[method-assign]
     server.start(tmp_path_factory.mktemp("host-daphne"))
     try:
         yield server
@@ -322,7 +329,7 @@ def host_server(host, tmp_path_factory) -> Iterator[DaphneServer]:
 
 
 @contextlib.asynccontextmanager
-async def agent(server: DaphneServer) -> AsyncIterator[httpx.AsyncClient]:
+async def agent(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(
         base_url=server.http_url, headers=bearer(API_KEY), timeout=DEADLINE
     ) as client:
@@ -337,15 +344,10 @@ async def create(client: httpx.AsyncClient, execution_id: str, **fields: object)
     return response.json()
 
 
-async def sse_first_event(server: DaphneServer, execution_id: str) -> dict:
-    async with httpx.AsyncClient(timeout=DEADLINE) as client:
-        url = f"{server.http_url}{PREFIX}/events/human-input/{execution_id}"
-        async with client.stream("GET", url, headers=bearer(API_KEY)) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                if line.startswith("data: ") and '"heartbeat"' not in line:
-                    return json.loads(line[len("data: ") :])
-    raise AssertionError("the stream ended without an event")
+async def sse_first_event(server: ServerProcess, execution_id: str) -> dict:
+    async with sse_connect(server, execution_id, headers=bearer(API_KEY), prefix=PREFIX) as stream:
+        assert stream.response.status_code == 200
+        return await stream.next_event()
 
 
 async def test_the_agent_key_works_on_the_api_websocket_sse_and_poll_under_the_prefix(host_server):
@@ -394,13 +396,13 @@ async def test_the_agent_key_is_refused_by_the_hosts_own_api(host_server):
 
 
 @contextlib.asynccontextmanager
-async def staff_session(server: DaphneServer) -> AsyncIterator[httpx.AsyncClient]:
+async def staff_session(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
     """A client logged in through the host's admin login form."""
     async with httpx.AsyncClient(base_url=server.http_url, timeout=DEADLINE) as client:
         yield await logged_in(client, server)
 
 
-async def logged_in(client: httpx.AsyncClient, server: DaphneServer) -> httpx.AsyncClient:
+async def logged_in(client: httpx.AsyncClient, server: ServerProcess) -> httpx.AsyncClient:
     form = await client.get("/admin/login/")
     csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
     assert csrf, form.text

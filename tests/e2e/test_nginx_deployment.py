@@ -4,7 +4,9 @@
 (upstream addresses, listen ports, certificate, log and static paths; each
 must be found exactly once, so the test breaks if the file drifts) and run by
 Debian's nginx, terminating TLS with a throwaway certificate. Every client
-below talks to nginx only.
+below talks to nginx only. nginx is a ``harness.server`` process like the
+daphnes: its HTTPS socket is bound here and handed over (nginx takes
+inherited sockets from ``NGINX``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ import ssl
 import subprocess
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,16 @@ import httpx
 import pytest
 import websockets
 
+from harness.server import FD, ServerProcess
 from tests.conftest import eventually, throughout
 
 from .conftest import (
+    CATCH_UP_SECONDS,
     DEADLINE,
     ROOT,
     DaphneServer,
     SSEStream,
     bearer,
-    catch_up_interval,
     running_server,
     ws_recv,
 )
@@ -73,11 +75,18 @@ def render_nginx_conf(
 
 
 def nginx_main_conf(tmp_dir: Path, site_conf: Path) -> str:
-    """What Debian's /etc/nginx/nginx.conf provides around conf.d, with this run's own paths."""
+    """What Debian's /etc/nginx/nginx.conf provides around conf.d, with this run's own paths.
+
+    A master process (nginx 1.22 crashes on inherited sockets without one), whose one worker
+    runs as the master's user where it could switch: this run's folders are its own.
+    """
     temp = tmp_dir / "temp"
+    user = "user root;" if os.geteuid() == 0 else ""
     return f"""
 daemon off;
-master_process off;
+master_process on;
+worker_processes 1;
+{user}
 pid {tmp_dir / "nginx.pid"};
 error_log {tmp_dir / "error.log"} info;
 events {{ worker_connections 256; }}
@@ -113,6 +122,40 @@ def free_port() -> int:
 
 
 @dataclass
+class Nginx(ServerProcess):
+    """nginx in the foreground serving HTTPS on the handed socket, plain HTTP on ``http_port``."""
+
+    upstreams: list[str] = field(default_factory=list)
+    http_port: int = 0
+    certificate: tuple[Path, Path] | None = None  # (certificate, key)
+    name: str = "nginx"
+    scheme: str = "https"
+
+    def command(self) -> list[str]:
+        """This start's configuration (it names the bound port), then nginx on it."""
+        assert self.log_dir is not None and self.certificate is not None
+        cert, key = self.certificate
+        site_conf = self.log_dir / "humaninput.conf"
+        site_conf.write_text(
+            render_nginx_conf(
+                upstreams=self.upstreams,
+                https_port=self.port,
+                http_port=self.http_port,
+                tmp_dir=self.log_dir,
+                cert=cert,
+                key=key,
+            )
+        )
+        main_conf = self.log_dir / "nginx.conf"
+        main_conf.write_text(nginx_main_conf(self.log_dir, site_conf))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        return [nginx, "-p", str(self.log_dir), "-c", str(main_conf), "-e", "stderr"]
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, "NGINX": f"{FD};"}
+
+
+@dataclass
 class Deployment:
     daphnes: list[DaphneServer]
     https_port: int
@@ -138,59 +181,25 @@ class Deployment:
 
 @contextlib.contextmanager
 def running_nginx(tmp_dir: Path, upstreams: list[str]) -> Iterator[Deployment]:
-    """A foreground nginx with this run's own config, pid, logs and temp folders."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(nginx):
+    """nginx with this run's own config, pid, logs and temp folders; started once its
+    ``/health`` answers (through to a daphne), stopped at the end."""
+    if not (shutil.which("nginx") or os.path.exists("/usr/sbin/nginx")):
         pytest.fail("needs Debian's nginx (apt-get install nginx-light; .ci/run installs it)")
     (tmp_dir / "temp").mkdir()
-    cert, key = make_certificate(tmp_dir)
-    deployed = Deployment(
-        daphnes=[],
-        https_port=free_port(),
-        http_port=free_port(),
-        tls=ssl.create_default_context(cafile=str(cert)),
-        access_log=tmp_dir / "access.log",
-    )
-    site_conf = tmp_dir / "humaninput.conf"
-    site_conf.write_text(
-        render_nginx_conf(
-            upstreams=upstreams,
-            https_port=deployed.https_port,
-            http_port=deployed.http_port,
-            tmp_dir=tmp_dir,
-            cert=cert,
-            key=key,
-        )
-    )
-    main_conf = tmp_dir / "nginx.conf"
-    main_conf.write_text(nginx_main_conf(tmp_dir, site_conf))
-    command = [nginx, "-p", str(tmp_dir), "-c", str(main_conf), "-e", str(tmp_dir / "error.log")]
-    checked = subprocess.run([*command, "-t"], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    with open(tmp_dir / "nginx.out", "wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    certificate = make_certificate(tmp_dir)
+    tls = ssl.create_default_context(cafile=str(certificate[0]))
+    nginx = Nginx(upstreams=upstreams, http_port=free_port(), certificate=certificate, verify=tls)
+    nginx.start(tmp_dir)
     try:
-
-        async def health_through_nginx() -> int | None:
-            assert process.poll() is None, (tmp_dir / "error.log").read_text()
-            async with deployed.client() as client:
-                try:
-                    return (await client.get("/health")).status_code
-                except httpx.ConnectError:  # not listening yet
-                    return None
-
-        # In a thread of its own: asyncio.run() would unset the event loop pytest-asyncio set here.
-        with ThreadPoolExecutor(max_workers=1) as thread:
-            up = eventually(health_through_nginx, accept=lambda status: status == 200, what="nginx up")
-            thread.submit(asyncio.run, up).result()
-        yield deployed
+        yield Deployment(
+            daphnes=[],
+            https_port=nginx.port,
+            http_port=nginx.http_port,
+            tls=tls,
+            access_log=tmp_dir / "access.log",
+        )
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        nginx.stop()
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +207,7 @@ def deployment(django_db_setup, tmp_path_factory) -> Iterator[Deployment]:
     """Two daphne processes (catch-up 60 s with Redis: delivery is the doorbell) behind nginx."""
     tmp_dir = tmp_path_factory.mktemp("nginx-deployment")
     env = {
-        "HUMANINPUT_CATCHUP_SECONDS": catch_up_interval(),
+        "HUMANINPUT_CATCHUP_SECONDS": CATCH_UP_SECONDS,
         # No heartbeat during a test: only events travel on the SSE stream.
         "HUMANINPUT_SSE_HEARTBEAT_SECONDS": "600",
         # The access log goes to stdout; unbuffered, so the test can read it.

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
-from channels.db import database_sync_to_async
 
-from events_app import services
-
-from .conftest import poll, sse_connect, ws_connect, ws_events
+from .conftest import create_request, poll, respond, sse_connect, ws_connect, ws_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@database_sync_to_async
-def write_log(execution_id: str, count: int) -> None:
-    """``count`` requests, every other one answered: a log of mixed event types."""
+async def write_log(api: httpx.AsyncClient, execution_id: str, count: int) -> None:
+    """``count`` requests through the server, every other one answered: a log of mixed event types."""
     for index in range(count):
-        request = services.request_create(execution_id=execution_id, prompt=f"question {index}")
+        request = await create_request(api, execution_id, prompt=f"question {index}")
         if index % 2:
-            services.request_respond(request_id=request.id, response=f"answer {index}")
+            assert (await respond(api, request["id"], f"answer {index}")).status_code == 200
 
 
-async def test_a_late_websocket_client_gets_the_whole_log_in_order(server, api_key, execution_id):
-    await write_log(execution_id, 4)  # 4 required + 2 completed
+async def test_a_late_websocket_client_gets_the_whole_log_in_order(server, api, api_key, execution_id):
+    await write_log(api, execution_id, 4)  # 4 required + 2 completed
     ws = await ws_connect(server, execution_id, token=api_key)
     events = await ws_events(ws, 6)
     assert [e["sequence"] for e in events] == [1, 2, 3, 4, 5, 6]
@@ -62,12 +59,12 @@ RESUMERS = {
 
 @pytest.mark.parametrize("how", RESUMERS)
 async def test_a_client_resuming_from_its_cursor_gets_exactly_the_missed_events(
-    server, api_key, execution_id, how
+    server, api, api_key, execution_id, how
 ):
-    await write_log(execution_id, 2)  # sequences 1..3
+    await write_log(api, execution_id, 2)  # sequences 1..3
     full = (await poll(server, execution_id, token=api_key)).json()["events"]
     cursor = full[-1]["event_id"]
-    await write_log(execution_id, 4)  # sequences 4..9, written "while away"
+    await write_log(api, execution_id, 4)  # sequences 4..9, written "while away"
     missed = await RESUMERS[how](server, api_key, execution_id, cursor, 6)
     assert [e["sequence"] for e in missed] == [4, 5, 6, 7, 8, 9]
     assert len({e["event_id"] for e in missed}) == 6
@@ -75,25 +72,27 @@ async def test_a_client_resuming_from_its_cursor_gets_exactly_the_missed_events(
     assert full + missed == everything
 
 
-async def test_after_resuming_the_next_frame_is_a_new_event_not_a_duplicate(server, api_key, execution_id):
-    await write_log(execution_id, 2)
+async def test_after_resuming_the_next_frame_is_a_new_event_not_a_duplicate(
+    server, api, api_key, execution_id
+):
+    await write_log(api, execution_id, 2)
     cursor = (await poll(server, execution_id, token=api_key)).json()["last_event_id"]
     ws = await ws_connect(server, execution_id, token=api_key, last_event_id=cursor)
-    await write_log(execution_id, 1)
+    await write_log(api, execution_id, 1)
     (fresh,) = await ws_events(ws, 1)
     assert fresh["sequence"] == 4
     await ws.close()
 
 
 @pytest.mark.parametrize("how", RESUMERS)
-async def test_an_unknown_well_formed_cursor_replays_the_whole_log(server, api_key, execution_id, how):
-    await write_log(execution_id, 2)
+async def test_an_unknown_well_formed_cursor_replays_the_whole_log(server, api, api_key, execution_id, how):
+    await write_log(api, execution_id, 2)
     events = await RESUMERS[how](server, api_key, execution_id, "00000000-0000-4000-8000-000000000000", 3)
     assert [e["sequence"] for e in events] == [1, 2, 3]
 
 
-async def test_poll_pages_with_limit_oldest_first(server, api_key, execution_id):
-    await write_log(execution_id, 4)  # 6 events
+async def test_poll_pages_with_limit_oldest_first(server, api, api_key, execution_id):
+    await write_log(api, execution_id, 4)  # 6 events
     first = (await poll(server, execution_id, token=api_key, limit="4")).json()
     second = (
         await poll(server, execution_id, token=api_key, limit="4", last_event_id=first["last_event_id"])

@@ -17,12 +17,14 @@ import httpx
 import pytest
 
 from .conftest import (
+    CATCH_UP_SECONDS,
     REQUIRED_FIELDS,
     DaphneServer,
     assert_timestamp,
     bearer,
-    catch_up_interval,
+    create_request,
     poll,
+    respond,
     running_server,
     ws_connect,
     ws_recv,
@@ -38,19 +40,9 @@ REQUESTS = "/api/human-input/requests"
 def second_server(django_db_setup, tmp_path_factory) -> Iterator[DaphneServer]:
     """Another daphne on the same database, so concurrent answers really race."""
     with running_server(
-        tmp_path_factory.mktemp("daphne-second"), HUMANINPUT_CATCHUP_SECONDS=catch_up_interval()
+        tmp_path_factory.mktemp("daphne-second"), HUMANINPUT_CATCHUP_SECONDS=CATCH_UP_SECONDS
     ) as started:
         yield started
-
-
-async def create(api: httpx.AsyncClient, execution_id: str, **fields: Any) -> dict[str, Any]:
-    response = await api.post(REQUESTS, json={"execution_id": execution_id, "prompt": "Ship it?", **fields})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-async def respond(api: httpx.AsyncClient, request_id: str, answer: str) -> httpx.Response:
-    return await api.post(f"{REQUESTS}/{request_id}/respond", json={"response": answer})
 
 
 async def cancel(api: httpx.AsyncClient, request_id: str) -> httpx.Response:
@@ -114,14 +106,14 @@ async def test_create_returns_201_with_the_request_and_its_event_cursor(api, exe
 
 
 async def test_create_without_timeout_never_expires(api, execution_id):
-    assert (await create(api, execution_id))["expires_at"] is None
+    assert (await create_request(api, execution_id))["expires_at"] is None
 
 
 async def test_created_request_is_announced_as_human_input_required_on_ws_and_poll(
     server, api, api_key, execution_id
 ):
     ws = await ws_connect(server, execution_id, token=api_key)
-    created = await create(api, execution_id, context="why", reason_flags={"missing_field": True})
+    created = await create_request(api, execution_id, context="why", reason_flags={"missing_field": True})
     live = await ws_recv(ws)
     await ws.close()
     (logged,) = await log_of(server, api_key, execution_id)
@@ -143,16 +135,16 @@ async def test_created_request_is_announced_as_human_input_required_on_ws_and_po
 
 @pytest.mark.parametrize("prompt", ["x" * LIMIT, "é" * (LIMIT // 2)], ids=["ascii", "two-byte"])
 async def test_prompt_of_exactly_the_limit_in_utf8_bytes_is_accepted(api, execution_id, prompt):
-    assert (await create(api, execution_id, prompt=prompt))["prompt"] == prompt
+    assert (await create_request(api, execution_id, prompt=prompt))["prompt"] == prompt
 
 
 # --- list and detail ------------------------------------------------------------
 
 
 async def test_list_filters_by_execution_id_and_status(api, execution_id, other_execution_id):
-    pending = await create(api, execution_id)
-    answered = await create(api, execution_id)
-    await create(api, other_execution_id)
+    pending = await create_request(api, execution_id)
+    answered = await create_request(api, execution_id)
+    await create_request(api, other_execution_id)
     assert (await respond(api, answered["id"], "ok")).status_code == 200
 
     mine = (await api.get(REQUESTS, params={"execution_id": execution_id})).json()["results"]
@@ -169,7 +161,7 @@ async def test_list_filters_by_execution_id_and_status(api, execution_id, other_
 
 
 async def test_list_pages_newest_first_with_a_cursor(api, execution_id):
-    created = [(await create(api, execution_id, prompt=f"q{i}"))["id"] for i in range(5)]
+    created = [(await create_request(api, execution_id, prompt=f"q{i}"))["id"] for i in range(5)]
     seen: list[str] = []
     sizes = []
     url: str | None = f"{REQUESTS}?execution_id={execution_id}&page_size=2"
@@ -201,7 +193,7 @@ async def test_list_refuses_invalid_filters_and_cursors_with_400(api, param, val
 
 
 async def test_detail_returns_the_request(api, execution_id):
-    created = await create(api, execution_id, context="ctx")
+    created = await create_request(api, execution_id, context="ctx")
     response = await api.get(f"{REQUESTS}/{created['id']}")
     assert response.status_code == 200
     detail = response.json()
@@ -212,7 +204,7 @@ async def test_detail_returns_the_request(api, execution_id):
 
 
 async def test_first_answer_wins_and_a_second_gets_409_with_the_current_state(api, execution_id):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     first = await respond(api, created["id"], "Yes")
     assert first.status_code == 200
     assert first.json() == {**first.json(), "status": "completed", "response": "Yes", "id": created["id"]}
@@ -228,7 +220,7 @@ async def test_first_answer_wins_and_a_second_gets_409_with_the_current_state(ap
 
 
 async def test_cancel_returns_200_and_a_later_answer_gets_409(api, execution_id):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     cancelled = await cancel(api, created["id"])
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
@@ -240,7 +232,7 @@ async def test_cancel_returns_200_and_a_later_answer_gets_409(api, execution_id)
 
 
 async def test_cancel_after_an_answer_is_409_and_the_answer_stands(api, execution_id):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     assert (await respond(api, created["id"], "Yes")).status_code == 200
     late = await cancel(api, created["id"])
     assert late.status_code == 409
@@ -251,8 +243,8 @@ async def test_cancel_after_an_answer_is_409_and_the_answer_stands(api, executio
 async def test_answer_and_cancel_are_logged_as_completed_and_cancelled_events(
     server, api, api_key, execution_id
 ):
-    answered = await create(api, execution_id)
-    withdrawn = await create(api, execution_id)
+    answered = await create_request(api, execution_id)
+    withdrawn = await create_request(api, execution_id)
     await respond(api, answered["id"], "Yes")
     await cancel(api, withdrawn["id"])
     await respond(api, answered["id"], "refused, not logged")
@@ -300,7 +292,7 @@ async def test_twenty_four_concurrent_answers_over_two_processes_give_one_200_an
         httpx.AsyncClient(base_url=server.http_url, headers=bearer(api_key), timeout=60) as a,
         httpx.AsyncClient(base_url=second_server.http_url, headers=bearer(api_key), timeout=60) as b,
     ):
-        created = await create(a, execution_id)
+        created = await create_request(a, execution_id)
         answers = [f"answer {i}" for i in range(24)]
         responses = await asyncio.gather(
             *(respond(a if i % 2 else b, created["id"], answer) for i, answer in enumerate(answers))
@@ -318,7 +310,7 @@ async def test_twenty_four_concurrent_answers_over_two_processes_give_one_200_an
 
 @pytest.mark.parametrize("first", ["rest", "ws"])
 async def test_websocket_and_rest_answers_obey_first_answer_wins(server, api, api_key, execution_id, first):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     ws = await ws_connect(server, execution_id, token=api_key)
     await ws_next_of_type(ws, "human_input_required")
 
@@ -348,7 +340,7 @@ async def test_websocket_and_rest_answers_obey_first_answer_wins(server, api, ap
 async def test_racing_websocket_and_rest_answers_log_exactly_one_completion(
     server, api, api_key, execution_id
 ):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     ws = await ws_connect(server, execution_id, token=api_key)
     await ws_next_of_type(ws, "human_input_required")
     _, rest = await asyncio.gather(
@@ -389,7 +381,7 @@ WS_BAD_ANSWERS = {
 async def test_a_bad_websocket_answer_gets_an_error_frame_and_changes_nothing(
     server, api, api_key, execution_id, fields, code
 ):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     ws = await ws_connect(server, execution_id, token=api_key)
     await ws_next_of_type(ws, "human_input_required")
     await ws.send(json.dumps({"type": "respond", "request_id": created["id"], **fields}))
@@ -521,7 +513,7 @@ async def endpoint_url(api, execution_id) -> Any:
             return REQUESTS
         if endpoint == "tokens":
             return "/api/tokens"
-        created = await create(api, execution_id)
+        created = await create_request(api, execution_id)
         return f"{REQUESTS}/{created['id']}/{endpoint}"
 
     return url
@@ -548,7 +540,7 @@ async def test_body_that_is_not_json_is_a_400_parse_error(api, endpoint_url, end
 
 @pytest.mark.parametrize("body", [b"", b"{}"], ids=["empty", "empty-object"])
 async def test_cancel_needs_no_body(api, execution_id, body):
-    created = await create(api, execution_id)
+    created = await create_request(api, execution_id)
     response = await api.post(
         f"{REQUESTS}/{created['id']}/cancel", content=body, headers={"Content-Type": "application/json"}
     )

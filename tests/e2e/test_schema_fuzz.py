@@ -35,9 +35,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from events_app.log import EXECUTION_ID_RE
+from events_app.params import EXECUTION_ID_RE
 
-from .conftest import DEADLINE, DaphneServer, bearer, catch_up_interval, running_server, sse_connect
+from .conftest import CATCH_UP_SECONDS, DEADLINE, DaphneServer, bearer, running_server, sse_connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -64,7 +64,7 @@ def fuzz_server(django_db_setup, tmp_path_factory) -> Iterator[DaphneServer]:
     at most 0.2 s, so hundreds of cases of each take seconds."""
     with running_server(
         tmp_path_factory.mktemp("daphne-fuzz"),
-        HUMANINPUT_CATCHUP_SECONDS=catch_up_interval(),
+        HUMANINPUT_CATCHUP_SECONDS=CATCH_UP_SECONDS,
         HUMANINPUT_SSE_HEARTBEAT_SECONDS="0.05",
         HUMANINPUT_POLL_MAX_WAIT_SECONDS="0.2",
     ) as started:

@@ -9,10 +9,11 @@ from datetime import datetime
 import pytest
 import redis.asyncio as aioredis
 
+import harness.redis
 from events_app.events import format_timestamp, group_name
 
 from ..conftest import eventually
-from .conftest import catch_up_interval, running_server, sse_connect, ws_connect
+from .conftest import CATCH_UP_SECONDS, running_server, sse_connect, ws_connect
 
 # Membership of a group held by another process is visible only in Redis, so
 # this test always runs its own Redis-backed daphne (Redis is on every machine).
@@ -34,13 +35,7 @@ async def test_idle_sse_stream_gets_heartbeats_without_ids(server, api_key, exec
 
 
 async def group_members(client: aioredis.Redis, layer: str, execution_id: str) -> int:
-    """Members of the execution's group as Redis holds them: channels in the group (core),
-    processes subscribed to it (pub/sub; a process subscribes while it has a local member)."""
-    group = group_name(execution_id)
-    if layer == "core":
-        return await client.zcard(f"asgi:group:{group}")
-    [(_, subscribed)] = await client.pubsub_numsub(f"asgi__group__{group}")
-    return subscribed
+    return await harness.redis.group_members(client, group_name(execution_id), layer)
 
 
 async def wait_for_members(client: aioredis.Redis, layer: str, execution_id: str, expected: int) -> int:
@@ -57,9 +52,9 @@ async def wait_for_members(client: aioredis.Redis, layer: str, execution_id: str
 async def test_vanished_clients_give_their_group_membership_back(
     tmp_path, api_key, execution_id, other_execution_id, layer
 ):
-    client = aioredis.from_url(TEST_REDIS_URL)
+    client = harness.redis.async_client(TEST_REDIS_URL)
     env = {"REDIS_URL": TEST_REDIS_URL, "REDIS_CHANNEL_LAYER": layer}
-    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=catch_up_interval(), **env) as server:
+    with running_server(tmp_path, HUMANINPUT_CATCHUP_SECONDS=CATCH_UP_SECONDS, **env) as server:
         ws = await ws_connect(server, execution_id, token=api_key)
         async with sse_connect(server, other_execution_id, token=api_key) as sse:
             await sse.next_message()

@@ -12,18 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from channels.db import database_sync_to_async
 
-from events_app import services
+import harness.redis
 from events_app.auth import issue_token
-from events_app.models import HumanInputRequest
 
 from ..conftest import eventually
 from .conftest import (
     DEADLINE,
     DaphneServer,
     bearer,
+    create_request,
     poll,
     query,
     running_server,
@@ -39,8 +37,6 @@ REQUESTS = "/api/human-input/requests"
 THROTTLE_REDIS_URL = "redis://127.0.0.1:6379/0"
 THROTTLE_KEYS = "humaninput:*humaninput-throttle*"
 
-create_request = database_sync_to_async(services.request_create)
-
 
 async def mint(api: httpx.AsyncClient, execution_id: str, scope: str, **extra: Any) -> str:
     response = await api.post("/api/tokens", json={"execution_id": execution_id, "scope": scope, **extra})
@@ -52,12 +48,6 @@ def tampered(token: str) -> str:
     """``token`` with one character of its signed body changed."""
     index = 5
     return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
-
-
-async def ask(api: httpx.AsyncClient, execution_id: str) -> dict[str, Any]:
-    response = await api.post(REQUESTS, json={"execution_id": execution_id, "prompt": "Ship it?"})
-    assert response.status_code == 201
-    return response.json()
 
 
 # --- minting --------------------------------------------------------------------
@@ -168,14 +158,14 @@ READERS = {"ws": read_over_ws, "sse": read_over_sse, "poll": read_over_poll}
 @pytest.mark.parametrize("scope", ["read", "respond"])
 @pytest.mark.parametrize("transport", READERS)
 async def test_a_token_reads_its_execution_on_every_transport(server, api, execution_id, transport, scope):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, execution_id, scope)
     event = await READERS[transport](server, execution_id, token)
     assert event["request_id"] == created["id"]
 
 
 async def test_a_read_token_sees_detail_and_its_filtered_list(server, api, execution_id):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, execution_id, "read")
     async with httpx.AsyncClient(base_url=server.http_url, headers=bearer(token), timeout=DEADLINE) as client:
         detail = await client.get(f"{REQUESTS}/{created['id']}")
@@ -196,7 +186,7 @@ async def test_a_scoped_token_listing_without_its_execution_filter_is_403(server
 
 @pytest.mark.parametrize("action", ["respond", "cancel"])
 async def test_a_read_token_cannot_answer_or_cancel_over_rest(server, api, execution_id, action):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, execution_id, "read")
     async with httpx.AsyncClient(base_url=server.http_url, headers=bearer(token), timeout=DEADLINE) as client:
         response = await client.post(f"{REQUESTS}/{created['id']}/{action}", json={"response": "no"})
@@ -208,7 +198,7 @@ async def test_a_read_token_cannot_answer_or_cancel_over_rest(server, api, execu
 async def test_a_read_token_answering_over_ws_gets_permission_denied_and_stays_connected(
     server, api, execution_id
 ):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, execution_id, "read")
     ws = await ws_connect(server, execution_id, token=token)
     await ws_recv(ws)  # human_input_required
@@ -224,7 +214,7 @@ async def test_a_read_token_answering_over_ws_gets_permission_denied_and_stays_c
 
 @pytest.mark.parametrize("transport", ["rest", "ws"])
 async def test_a_respond_token_can_answer(server, api, execution_id, transport):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, execution_id, "respond")
     if transport == "rest":
         async with httpx.AsyncClient(base_url=server.http_url, headers=bearer(token), timeout=DEADLINE) as c:
@@ -242,7 +232,7 @@ async def test_a_respond_token_can_answer(server, api, execution_id, transport):
 
 
 async def test_a_respond_token_can_cancel(server, api, execution_id):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, execution_id, "respond")
     async with httpx.AsyncClient(base_url=server.http_url, headers=bearer(token), timeout=DEADLINE) as client:
         response = await client.post(f"{REQUESTS}/{created['id']}/cancel")
@@ -293,20 +283,20 @@ def refused(transport: str, http_status: int) -> int:
 async def test_a_token_for_another_execution_is_403_or_4403(
     server, api, execution_id, other_execution_id, transport, scope
 ):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = await mint(api, other_execution_id, scope)
     assert await status_on(server, transport, execution_id, created["id"], token) == refused(transport, 403)
 
 
 @pytest.mark.parametrize("transport", EVERY_TRANSPORT)
 async def test_a_tampered_token_is_401_or_4401(server, api, execution_id, transport):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     token = tampered(await mint(api, execution_id, "respond"))
     assert await status_on(server, transport, execution_id, created["id"], token) == refused(transport, 401)
 
 
 async def test_a_token_expires_after_its_lifetime(server, api, execution_id):
-    created = await ask(api, execution_id)
+    created = await create_request(api, execution_id)
     # Expiry is whole seconds: a 1-second token may already be dead when first used, 2 s is not.
     token = await mint(api, execution_id, "respond", ttl_seconds=2)
     assert await status_on(server, "detail", execution_id, created["id"], token) == 200
@@ -329,9 +319,7 @@ async def test_a_token_expires_after_its_lifetime(server, api, execution_id):
 
 def forget_throttle_history() -> None:
     """Drop every throttle counter in the shared Redis (this run's and earlier runs')."""
-    with redis.Redis.from_url(THROTTLE_REDIS_URL) as client:
-        for key in client.scan_iter(match=THROTTLE_KEYS):
-            client.delete(key)
+    harness.redis.delete_matching(THROTTLE_REDIS_URL, THROTTLE_KEYS)
 
 
 @pytest.fixture(scope="module")
@@ -371,31 +359,34 @@ async def clients_of(servers: tuple[DaphneServer, ...], token: str) -> AsyncIter
 async def respond_token_clients(throttled_servers, execution_id) -> AsyncIterator[list[httpx.AsyncClient]]:
     """Clients of process A and B acting as one fresh caller: a new respond token, so no other
     test or test run has spent its budget."""
+    # Signed here, not minted through a server: minting would spend the API key's token budget.
     token, _ = issue_token(execution_id=execution_id, scope="respond")
     async with clients_of(throttled_servers, token) as clients:
         yield clients
 
 
-async def test_writes_through_two_processes_share_one_budget(respond_token_clients, execution_id):
-    requests = [await create_request(execution_id=execution_id, prompt=f"q{i}") for i in range(6)]
+# The requests are asked through the module's unthrottled server: only the answers count here.
+
+
+async def test_writes_through_two_processes_share_one_budget(api, respond_token_clients, execution_id):
+    requests = [await create_request(api, execution_id, prompt=f"q{i}") for i in range(6)]
     statuses = []
     for index, request in enumerate(requests):
         client = respond_token_clients[index % 2]  # A, B, A, B, A, B: three each, six in all
-        response = await client.post(f"{REQUESTS}/{request.id}/respond", json={"response": "ok"})
+        response = await client.post(f"{REQUESTS}/{request['id']}/respond", json={"response": "ok"})
         statuses.append(response.status_code)
     assert statuses == [200] * 5 + [429]
     assert_throttled(response)
-    refused_request = await database_sync_to_async(HumanInputRequest.objects.get)(pk=requests[-1].id)
-    assert refused_request.status == "pending"
+    assert (await api.get(f"{REQUESTS}/{requests[-1]['id']}")).json()["status"] == "pending"
 
 
-async def test_read_endpoints_are_not_throttled(respond_token_clients, execution_id):
-    request = await create_request(execution_id=execution_id, prompt="q")
-    writes = [await respond_token_clients[i % 2].post(f"{REQUESTS}/{request.id}/cancel") for i in range(6)]
+async def test_read_endpoints_are_not_throttled(api, respond_token_clients, execution_id):
+    request = await create_request(api, execution_id, prompt="q")
+    writes = [await respond_token_clients[i % 2].post(f"{REQUESTS}/{request['id']}/cancel") for i in range(6)]
     assert_throttled(writes[-1])
     for client in respond_token_clients:
         for _ in range(6):
-            assert (await client.get(f"{REQUESTS}/{request.id}")).status_code == 200
+            assert (await client.get(f"{REQUESTS}/{request['id']}")).status_code == 200
             listed = await client.get(REQUESTS, params={"execution_id": execution_id})
             assert listed.status_code == 200
             assert (await client.get(f"/poll/human-input/{execution_id}")).status_code == 200
