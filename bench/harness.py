@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,15 @@ def ask_all(pool: Sequence[Worker], kind: str, data: Sequence[Any], reply: str, 
         worker.send(kind, item)
     deadline = time.monotonic() + timeout
     return [worker.expect(reply, max(0.1, deadline - time.monotonic())) for worker in pool]
+
+
+async def release(tasks: Iterable[asyncio.Task[Any]], clients: Iterable[Any]) -> None:
+    """A worker's teardown: cancel its tasks, then close its clients, whatever each close raises."""
+    for task in tasks:
+        task.cancel()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            await client.close()
 
 
 def split(items: Sequence[Any], parts: int) -> list[list[Any]]:

@@ -37,7 +37,7 @@ import websockets
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from bench.harness import API_KEY, Control
+from bench.harness import API_KEY, Control, release
 from harness.sse import SSEReader
 
 HOST = "127.0.0.1"
@@ -461,11 +461,7 @@ async def subscribers(
             elif kind == "stop":
                 return {**fleet.summary(data["expected"]), **await fleet.stop_following()}
     finally:
-        for task in fleet.tasks:
-            task.cancel()
-        for each in fleet.subscribers:
-            with contextlib.suppress(Exception):
-                await each.close()
+        await release(fleet.tasks, fleet.subscribers)
 
 
 # --- writers and load ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import Control
+from bench.harness import Control, release
 from bench.roles import (
     LONG,
     HttpConnection,
@@ -421,11 +421,7 @@ async def soak_clients(control: Control, *, index: int) -> dict[str, Any]:
     finally:
         if fleet is not None:
             fleet.stop_churning()
-            for task in fleet.tasks:
-                task.cancel()
-            for client in fleet.clients:
-                with contextlib.suppress(Exception):
-                    await client.close()
+            await release(fleet.tasks, fleet.clients)
 
 
 # --- the writer (its own client process) ----------------------------------------------------------

@@ -139,3 +139,21 @@ async def throughout(probe, *, seconds: float, what: str) -> None:
     while time.monotonic() < end:
         assert await probe(), f"{what} stopped holding"
         await asyncio.sleep(POLL_INTERVAL)
+
+
+# --- subscriptions without a transport -------------------------------------------------
+
+
+def idle_subscriptions(execution_id: str, count: int, transport: str = "ws") -> list:
+    """``count`` subscriptions (not entered) to executions ``<execution_id>-0``, ``-1``, ..., from the start
+    of their logs, as the API key: what many idle clients of one process hold."""
+    from events_app.auth import Principal
+    from events_app.streaming.subscription import ExecutionSubscription
+
+    principal = Principal(name="api-key")
+    return [
+        ExecutionSubscription(
+            execution_id=f"{execution_id}-{index}", after_sequence=0, principal=principal, transport=transport
+        )
+        for index in range(count)
+    ]

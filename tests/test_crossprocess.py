@@ -27,7 +27,7 @@ from events_app.events import group_name
 from events_app.streaming import crossprocess
 from events_app.streaming.crossprocess import DataVersionProbe, log_grew_message, watched_database
 from events_app.streaming.subscription import ExecutionSubscription, GroupListener, followed_log_heads
-from tests.conftest import eventually, uses_redis
+from tests.conftest import eventually, idle_subscriptions, uses_redis
 
 FULL_ACCESS = Principal(name="api-key")
 
@@ -205,12 +205,7 @@ async def test_a_commit_elsewhere_reaches_a_follower_long_before_its_catch_up(
 async def test_idle_followers_cost_no_query_until_something_is_committed(
     watched, doorbells_lost, counts, execution_id
 ):
-    subscriptions = [
-        ExecutionSubscription(
-            execution_id=f"{execution_id}-{index}", after_sequence=0, principal=FULL_ACCESS, transport="ws"
-        )
-        for index in range(20)
-    ]
+    subscriptions = idle_subscriptions(execution_id, 20)
     for entered in subscriptions:
         await entered.__aenter__()
         assert await entered.read_log() == []  # as a transport does; the next catch-up is 60 s away

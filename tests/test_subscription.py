@@ -11,7 +11,7 @@ from events_app.auth import Principal
 from events_app.log import log_heads
 from events_app.streaming import subscription
 from events_app.streaming.subscription import ExecutionSubscription
-from tests.conftest import eventually
+from tests.conftest import eventually, idle_subscriptions
 
 FULL_ACCESS = Principal(name="api-key")
 
@@ -57,12 +57,7 @@ def test_log_heads_read_more_executions_than_one_query_holds(execution_id):
 # runs the fifty catch-ups below, they fall within one read.
 @override_settings(HUMANINPUT_CATCHUP_SECONDS=60)
 async def test_fifty_idle_subscribers_share_one_heads_query_and_read_no_log(execution_id, queries):
-    subscriptions = [
-        ExecutionSubscription(
-            execution_id=f"{execution_id}-{index}", after_sequence=0, principal=FULL_ACCESS, transport="ws"
-        )
-        for index in range(50)
-    ]
+    subscriptions = idle_subscriptions(execution_id, 50)
     for entered in subscriptions:
         await entered.__aenter__()
     try:

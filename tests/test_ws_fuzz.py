@@ -57,9 +57,8 @@ class CommunicatorConnection(Connection):
     """A connection to the application through ``WebsocketCommunicator``."""
 
     def __init__(self, communicator: WebsocketCommunicator, *, after: Connection | None = None) -> None:
-        super().__init__(after=after)
         self.communicator = communicator
-        self._reader = asyncio.create_task(self._read())
+        super().__init__(after=after)
 
     async def _read(self) -> None:
         while True:

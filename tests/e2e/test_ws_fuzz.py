@@ -322,7 +322,8 @@ class Connection:
     Events (frames with an ``event_id``) are kept in ``events`` and must come
     once each, in ``sequence`` order without gaps, else ``problems`` says so.
     Everything else the server sends, and finally ``Closed``, is a reply.
-    Subclasses read their transport in a task that calls ``arrive``.
+    Subclasses read their transport in ``_read``, a task (started here, run
+    once the subclass is set up) that calls ``arrive``.
     """
 
     def __init__(self, *, after: Connection | None = None) -> None:
@@ -333,6 +334,10 @@ class Connection:
         self.problems: list[str] = []
         self._replies: deque[Any] = deque()
         self._arrived = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        raise NotImplementedError
 
     async def send(self, frame: Frame, wire: str | bytes) -> None:
         raise NotImplementedError
@@ -383,9 +388,8 @@ class SocketConnection(Connection):
     """A real WebSocket client (the ``websockets`` library)."""
 
     def __init__(self, ws: Any, *, after: Connection | None = None) -> None:
-        super().__init__(after=after)
         self.ws = ws
-        self._reader = asyncio.create_task(self._read())
+        super().__init__(after=after)
 
     async def _read(self) -> None:
         try:
