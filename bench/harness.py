@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,27 @@ def ask_all(pool: Sequence[Worker], kind: str, data: Sequence[Any], reply: str, 
         worker.send(kind, item)
     deadline = time.monotonic() + timeout
     return [worker.expect(reply, max(0.1, deadline - time.monotonic())) for worker in pool]
+
+
+async def on_schedule(
+    send: Callable[[Any, asyncio.Queue[int]], Awaitable[None]],
+    connections: Sequence[Any],
+    *,
+    duration: float,
+    rate: float,
+    start: float,
+) -> None:
+    """An open-loop load: ``duration * rate`` numbered tickets handed out on schedule from ``start``
+    (loop time) to ``send(connection, due)`` tasks, one per connection, which end at ticket -1."""
+    loop = asyncio.get_running_loop()
+    due: asyncio.Queue[int] = asyncio.Queue()
+    senders = [asyncio.create_task(send(each, due)) for each in connections]
+    for number in range(int(duration * rate)):
+        await asyncio.sleep(max(0.0, start + number / rate - loop.time()))  # the schedule, not a sync
+        due.put_nowait(number)
+    for _ in senders:
+        due.put_nowait(-1)
+    await asyncio.gather(*senders)
 
 
 async def release(tasks: Iterable[asyncio.Task[Any]], clients: Iterable[Any]) -> None:

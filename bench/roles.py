@@ -37,7 +37,7 @@ import websockets
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from bench.harness import API_KEY, Control, release
+from bench.harness import API_KEY, Control, on_schedule, release
 from harness.sse import SSEReader
 
 HOST = "127.0.0.1"
@@ -525,15 +525,7 @@ async def http_load(
     if rate is None:
         await asyncio.gather(*(closed_loop(each) for each in connections))
     else:
-        due: asyncio.Queue[int] = asyncio.Queue()
-        senders = [asyncio.create_task(open_loop(each, due)) for each in connections]
-        total = int(duration * rate)
-        for number in range(total):
-            await asyncio.sleep(max(0.0, start + number / rate - loop.time()))  # the schedule, not a sync
-            due.put_nowait(number)
-        for _ in senders:
-            due.put_nowait(-1)
-        await asyncio.gather(*senders)
+        await on_schedule(open_loop, connections, duration=duration, rate=rate, start=start)
     elapsed = loop.time() - start
     for each in connections:
         each.close()

@@ -23,7 +23,7 @@ from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.harness import Control, release
+from bench.harness import Control, on_schedule, release
 from bench.roles import (
     LONG,
     HttpConnection,
@@ -491,15 +491,8 @@ async def soak_writer(
             await one(connection, number)
 
     loop = asyncio.get_running_loop()
-    due: asyncio.Queue[int] = asyncio.Queue()
-    senders = [asyncio.create_task(sender(each, due)) for each in connections]
     start = loop.time()
-    for number in range(int(duration * rate)):
-        await asyncio.sleep(max(0.0, start + number / rate - loop.time()))  # the schedule, not a sync
-        due.put_nowait(number)
-    for _ in senders:
-        due.put_nowait(-1)
-    await asyncio.gather(*senders)
+    await on_schedule(sender, connections, duration=duration, rate=rate, start=start)
     elapsed = loop.time() - start
     for each in connections:
         each.close()

@@ -157,3 +157,23 @@ def idle_subscriptions(execution_id: str, count: int, transport: str = "ws") -> 
         )
         for index in range(count)
     ]
+
+
+def count_calls(monkeypatch, owner, name: str, counts: dict[str, int], key: str) -> None:
+    """Replace ``owner.name`` (sync or async) by a wrapper that adds one to ``counts[key]`` per
+    call and then calls the original: the work still happens, and is counted."""
+    real = getattr(owner, name)
+    counts.setdefault(key, 0)
+    if asyncio.iscoroutinefunction(real):
+
+        async def counted(*args, **kwargs):
+            counts[key] += 1
+            return await real(*args, **kwargs)
+
+    else:
+
+        def counted(*args, **kwargs):
+            counts[key] += 1
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)

@@ -27,7 +27,7 @@ from events_app.events import group_name
 from events_app.streaming import crossprocess
 from events_app.streaming.crossprocess import DataVersionProbe, log_grew_message, watched_database
 from events_app.streaming.subscription import ExecutionSubscription, GroupListener, followed_log_heads
-from tests.conftest import eventually, idle_subscriptions, uses_redis
+from tests.conftest import count_calls, eventually, idle_subscriptions, uses_redis
 
 FULL_ACCESS = Principal(name="api-key")
 
@@ -70,19 +70,9 @@ def watched(other_process, monkeypatch):
 @pytest.fixture
 def counts(monkeypatch):
     """The watcher's data_version checks and heads queries, counted; both still run."""
-    counted = {"checks": 0, "heads": 0}
-    real_read, real_heads = DataVersionProbe.read, crossprocess.alog_heads
-
-    def counting_read(self):
-        counted["checks"] += 1
-        return real_read(self)
-
-    async def counting_heads(**kwargs):
-        counted["heads"] += 1
-        return await real_heads(**kwargs)
-
-    monkeypatch.setattr(DataVersionProbe, "read", counting_read)
-    monkeypatch.setattr(crossprocess, "alog_heads", counting_heads)
+    counted: dict[str, int] = {}
+    count_calls(monkeypatch, DataVersionProbe, "read", counted, "checks")
+    count_calls(monkeypatch, crossprocess, "alog_heads", counted, "heads")
     return counted
 
 

@@ -11,7 +11,7 @@ from events_app.auth import Principal
 from events_app.log import log_heads
 from events_app.streaming import subscription
 from events_app.streaming.subscription import ExecutionSubscription
-from tests.conftest import eventually, idle_subscriptions
+from tests.conftest import count_calls, eventually, idle_subscriptions
 
 FULL_ACCESS = Principal(name="api-key")
 
@@ -23,19 +23,9 @@ create_request = database_sync_to_async(services.request_create)
 @pytest.fixture
 def queries(monkeypatch):
     """Heads queries and log reads made by subscriptions, counted; both still go through."""
-    counts = {"heads": 0, "reads": 0}
-    real_heads, real_read = subscription.alog_heads, log.aevents_after
-
-    async def counting_heads(**kwargs):
-        counts["heads"] += 1
-        return await real_heads(**kwargs)
-
-    async def counting_read(**kwargs):
-        counts["reads"] += 1
-        return await real_read(**kwargs)
-
-    monkeypatch.setattr(subscription, "alog_heads", counting_heads)
-    monkeypatch.setattr(log, "aevents_after", counting_read)
+    counts: dict[str, int] = {}
+    count_calls(monkeypatch, subscription, "alog_heads", counts, "heads")
+    count_calls(monkeypatch, log, "aevents_after", counts, "reads")
     return counts
 
 

@@ -24,7 +24,7 @@ import hypothesis.strategies as st
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 
 from events_app import services
 from events_app.auth import issue_token
@@ -33,6 +33,7 @@ from humaninput_project.asgi import application
 from tests.e2e.test_ws_fuzz import (
     EXAMPLES,
     FRAME_LIMIT,
+    FUZZ_SETTINGS,
     PING,
     Closed,
     Connection,
@@ -154,13 +155,7 @@ frames = st.one_of(
 
 
 @pytest.mark.timeout(120 + EXAMPLES)
-@settings(
-    max_examples=EXAMPLES,
-    database=None,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ_SETTINGS
 @given(burst=st.lists(frames, min_size=1, max_size=3), via=principals)
 @example(burst=[Frame("[" * 100_000), padded_ping(FRAME_LIMIT), padded_ping(FRAME_LIMIT + 1)], via="respond")
 @example(burst=[Frame(b"\x00\x01binary"), Frame(PING)], via="read")

@@ -61,6 +61,15 @@ from .conftest import DEADLINE, DaphneServer, unexpected_tracebacks, ws_close_co
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 EXAMPLES = int(os.environ.get("HUMANINPUT_FUZZ_EXAMPLES", "300"))
+# Both fuzz suites (this one and tests/test_ws_fuzz.py): no example database, no per-example deadline
+# (a real server is slower on a busy machine), and the blob that reproduces a failure printed.
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 FRAME_LIMIT = 64 * 1024  # the spec's limit; the server runs with the default setting
 # Valid JSON this deep may be refused as invalid_json: the server's parser
 # shares Python's recursion limit with the stack it runs on.
@@ -866,13 +875,7 @@ def padded_ping(size: int, fragments: int = 1) -> Frame:
 
 
 @pytest.mark.timeout(120 + 2 * EXAMPLES)
-@settings(
-    max_examples=EXAMPLES,
-    database=None,
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@FUZZ_SETTINGS
 @given(burst=bursts, via=principals)
 @example(burst=[Frame("[" * 100_000)], via="respond")
 @example(burst=[Frame("[" * 60_000), Frame(PING, fragments=3)], via="respond")
