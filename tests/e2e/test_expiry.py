@@ -28,6 +28,7 @@ from ..conftest import eventually, throughout
 from .conftest import (
     CATCH_UP_SECONDS,
     DEADLINE,
+    REQUESTS,
     RESOLVED_FIELDS,
     ROOT,
     DaphneServer,
@@ -41,8 +42,6 @@ from .conftest import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-REQUESTS = "/api/human-input/requests"
 
 
 def request_status(request_id: str) -> str:

@@ -41,11 +41,10 @@ from events_app.auth import MAX_TOKEN_LENGTH, issue_token
 from events_app.events import group_name
 
 from ..conftest import eventually, uses_postgres, uses_redis
-from .conftest import CATCH_UP_SECONDS, DEADLINE, bearer, running_server, sse_connect
+from .conftest import CATCH_UP_SECONDS, DEADLINE, REQUESTS, bearer, running_server, sse_connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REQUESTS = "/api/human-input/requests"
 # Twisted's LineReceiver.MAX_LENGTH and HTTPChannel.totalHeadersSize.
 TWISTED_LINE_LIMIT = 16384
 UNAUTHENTICATED_CODES = {"not_authenticated", "authentication_failed"}

@@ -14,11 +14,10 @@ from django.db import connection
 
 from tests.conftest import eventually, throughout, uses_postgres
 
-from .conftest import DEADLINE, bearer, poll, running_server, sse_connect, ws_connect, ws_recv
+from .conftest import DEADLINE, REQUESTS, bearer, poll, running_server, sse_connect, ws_connect, ws_recv
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REQUESTS = "/api/human-input/requests"
 METRICS_TOKEN = "scraper-token"
 
 

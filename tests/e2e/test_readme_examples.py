@@ -23,13 +23,12 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
-from .conftest import DEADLINE, ROOT, DaphneServer, bearer, database_url, running_server
+from .conftest import DEADLINE, REQUESTS, ROOT, DaphneServer, bearer, database_url, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 README = ROOT / "README.md"
 MAKE_RUN_URL = "http://127.0.0.1:8000"
-REQUESTS = "/api/human-input/requests"
 TIMESTAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
 
 

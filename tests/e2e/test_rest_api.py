@@ -18,6 +18,7 @@ import pytest
 
 from .conftest import (
     CATCH_UP_SECONDS,
+    REQUESTS,
     REQUIRED_FIELDS,
     DaphneServer,
     assert_timestamp,
@@ -33,7 +34,6 @@ from .conftest import (
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 LIMIT = 65536  # HUMANINPUT_MAX_TEXT_BYTES, the documented default
-REQUESTS = "/api/human-input/requests"
 
 
 @pytest.fixture(scope="module")

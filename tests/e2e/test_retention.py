@@ -18,11 +18,10 @@ from channels.db import database_sync_to_async
 from events_app import retention
 
 from ..test_retention import backdate
-from .conftest import DEADLINE, ROOT, poll, sse_connect, ws_connect, ws_events
+from .conftest import DEADLINE, REQUESTS, ROOT, poll, sse_connect, ws_connect, ws_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REQUESTS = "/api/human-input/requests"
 MONTH = timedelta(days=30)
 
 

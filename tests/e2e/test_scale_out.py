@@ -25,6 +25,7 @@ from tests.conftest import eventually
 
 from .conftest import (
     DEADLINE,
+    REQUESTS,
     DaphneServer,
     Received,
     bearer,
@@ -36,8 +37,6 @@ from .conftest import (
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.django_db(transaction=True)]
-
-REQUESTS = "/api/human-input/requests"
 
 
 @pytest.fixture(scope="module")

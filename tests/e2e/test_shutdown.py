@@ -18,11 +18,10 @@ import time
 import httpx
 import pytest
 
-from .conftest import DEADLINE, bearer, poll, running_server
+from .conftest import DEADLINE, REQUESTS, bearer, poll, running_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REQUESTS = "/api/human-input/requests"
 WRITERS = 16
 WRITES_BEFORE_SIGTERM = 8 * WRITERS
 SHUTDOWN_DEADLINE = 10.0  # seconds from SIGTERM to exit; systemd's stop timeout is far above it

@@ -19,6 +19,7 @@ from events_app.auth import issue_token
 from ..conftest import eventually
 from .conftest import (
     DEADLINE,
+    REQUESTS,
     DaphneServer,
     bearer,
     create_request,
@@ -33,7 +34,6 @@ from .conftest import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-REQUESTS = "/api/human-input/requests"
 THROTTLE_REDIS_URL = "redis://127.0.0.1:6379/0"
 THROTTLE_KEYS = "humaninput:*humaninput-throttle*"
 

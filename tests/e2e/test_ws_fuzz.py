@@ -56,7 +56,7 @@ from hypothesis import HealthCheck, event, example, given, note, settings
 
 from tests.conftest import eventually
 
-from .conftest import DEADLINE, DaphneServer, unexpected_tracebacks, ws_close_code, ws_connect
+from .conftest import DEADLINE, REQUESTS, DaphneServer, unexpected_tracebacks, ws_close_code, ws_connect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -74,7 +74,6 @@ FRAME_LIMIT = 64 * 1024  # the spec's limit; the server runs with the default se
 # Valid JSON this deep may be refused as invalid_json: the server's parser
 # shares Python's recursion limit with the stack it runs on.
 DEEP = 500
-REQUESTS = "/api/human-input/requests"
 PING = json.dumps({"type": "ping"})
 PONG = {"type": "pong"}
 UUID_TEXT = re.compile(
