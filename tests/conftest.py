@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 
+import psycopg
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers, get_channel_layer
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 
 
 @pytest.fixture
@@ -42,6 +44,46 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """A ``services`` test run without PostgreSQL + Redis is a configuration error, not a skip."""
     if item.get_closest_marker("services") and not (uses_postgres() and uses_redis()):
         pytest.fail("needs DATABASE_URL (PostgreSQL) and REDIS_URL; run it with `make test-postgres`")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_session_outlives_the_run(django_db_setup, django_db_blocker):
+    """End, and name, PostgreSQL sessions still on the test database when the run is over.
+
+    Dropping the test database fails while any session holds it ("being
+    accessed by other users"), and a connection checked out of the pool by a
+    thread of this process (asgiref's, channels') or a server process that is
+    still exiting may hold one. Runs before pytest-django drops the database;
+    what it ends is printed, so a real leak stays visible.
+    """
+    yield
+    if connection.vendor != "postgresql":
+        return
+    connection.close()
+    connection.close_pool()  # this process's idle pooled connections are not leaks: closed first
+    database = connection.settings_dict
+    with (
+        django_db_blocker.unblock(),
+        psycopg.connect(
+            host=database["HOST"],
+            port=database["PORT"],
+            user=database["USER"],
+            password=database["PASSWORD"] or None,
+            dbname="postgres",
+            autocommit=True,
+        ) as admin,
+    ):
+        ended = admin.execute(
+            "SELECT pid, application_name, state, left(query, 120), pg_terminate_backend(pid)"
+            " FROM pg_stat_activity WHERE datname = %s",
+            [database["NAME"]],
+        ).fetchall()
+    for pid, application, state, query, _ in ended:
+        print(
+            f"\nended a session left on the test database: pid={pid} app={application!r} "
+            f"state={state} last query={query!r}",
+            file=sys.__stderr__,
+        )
 
 
 @pytest.fixture

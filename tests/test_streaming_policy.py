@@ -55,7 +55,7 @@ class FailingReads:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("own_channel_layer")
+@pytest.mark.usefixtures("own_channel_layer", "close_view_connections")
 async def test_the_first_read_of_a_subscription_reports_the_database_down(monkeypatch, execution_id):
     monkeypatch.setattr(log, "aevents_after", FailingReads(times=1))
     followed = ExecutionSubscription(
@@ -67,7 +67,7 @@ async def test_the_first_read_of_a_subscription_reports_the_database_down(monkey
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("own_channel_layer")
+@pytest.mark.usefixtures("own_channel_layer", "close_view_connections")
 @override_settings(HUMANINPUT_CATCHUP_SECONDS=0.2)
 async def test_an_open_subscription_rides_out_a_database_outage_and_loses_nothing(
     monkeypatch, execution_id, app_log
@@ -91,7 +91,7 @@ async def test_an_open_subscription_rides_out_a_database_outage_and_loses_nothin
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("own_channel_layer")
+@pytest.mark.usefixtures("own_channel_layer", "close_view_connections")
 async def test_an_answer_sent_while_the_database_is_down_gets_an_error_frame(monkeypatch, execution_id):
     def database_down(**kwargs):
         raise OperationalError("the database went away")
