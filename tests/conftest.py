@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 import uuid
 
@@ -47,7 +46,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_session_outlives_the_run(django_db_setup, django_db_blocker):
+def no_session_outlives_the_run(django_db_setup, django_db_blocker, pytestconfig):
     """End, and name, PostgreSQL sessions still on the test database when the run is over.
 
     Dropping the test database fails while any session holds it ("being
@@ -78,12 +77,13 @@ def no_session_outlives_the_run(django_db_setup, django_db_blocker):
             " FROM pg_stat_activity WHERE datname = %s",
             [database["NAME"]],
         ).fetchall()
-    for pid, application, state, query, _ in ended:
-        print(
-            f"\nended a session left on the test database: pid={pid} app={application!r} "
-            f"state={state} last query={query!r}",
-            file=sys.__stderr__,
-        )
+    terminal = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    with pytestconfig.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        for pid, application, state, query, _ in ended:
+            terminal.write_line(
+                f"ended a session left on the test database: pid={pid} app={application!r} "
+                f"state={state} last query={query!r}"
+            )
 
 
 @pytest.fixture
