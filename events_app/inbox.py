@@ -22,7 +22,7 @@ from django.views.decorators.http import require_safe
 from .auth import Credentials
 from .conf import humaninput_settings
 from .events import INBOX_GROUP, format_timestamp
-from .exceptions import HumanInputError, ServiceUnavailable
+from .exceptions import HumanInputError
 from .http import error_response, get_only
 from .log import async_reader
 from .metrics import SUBSCRIBERS
@@ -30,7 +30,7 @@ from .models import HumanInputRequest, RequestStatus
 from .params import Query, validate_execution_id
 from .streaming.opening import open_inbox
 from .streaming.sse import event_stream_response, format_data
-from .streaming.subscription import GroupListener
+from .streaming.subscription import GroupListener, or_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +110,9 @@ class InboxFeed:
         loop = asyncio.get_running_loop()
         if self.snapshot is None:
             self.next_check = loop.time() + humaninput_settings.CATCHUP_SECONDS
-            try:
-                return self._snapshot_message(await apending_requests(execution_id=self.execution_id))
-            except DatabaseError as error:
-                raise ServiceUnavailable() from error
+            return self._snapshot_message(
+                await or_unavailable(apending_requests(execution_id=self.execution_id))
+            )
         message = await self.listener.receive(max(0.0, min(max_wait, self.next_check - loop.time())))
         if message is not None:
             event = message.get("event") or {}

@@ -42,26 +42,11 @@ gets an error frame and the connection stays open.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
-
-from django.db import Error as DatabaseError
-
 from ..auth import READ, Credentials, Principal, aauthenticate, authorize
-from ..exceptions import PermissionDenied, ServiceUnavailable
+from ..exceptions import PermissionDenied
 from ..log import aresolve_cursor
 from ..params import Query, parse_cursor, validate_execution_id
-from .subscription import ExecutionSubscription
-
-T = TypeVar("T")
-
-
-async def _or_unavailable(work: Awaitable[T]) -> T:
-    """``work``'s result; a database error becomes ``ServiceUnavailable`` (503 / close 4503)."""
-    try:
-        return await work
-    except DatabaseError as error:
-        raise ServiceUnavailable() from error
+from .subscription import ExecutionSubscription, or_unavailable
 
 
 async def open_subscription(
@@ -79,12 +64,12 @@ async def open_subscription(
     malformed query cursor. The subscription is not entered: ``async with``
     it to follow the execution live, or just ``read_log()`` for a plain poll.
     """
-    principal = await _or_unavailable(aauthenticate(credentials))
+    principal = await or_unavailable(aauthenticate(credentials))
     execution_id = validate_execution_id(execution_id)
     parsed = [parse_cursor(header_cursor), parse_cursor(query.get("last_event_id"))]
     cursor = next((value for value in parsed if value is not None), None)
     authorize(principal, execution_id=execution_id, scope=READ)
-    after = await _or_unavailable(aresolve_cursor(execution_id=execution_id, cursor=cursor))
+    after = await or_unavailable(aresolve_cursor(execution_id=execution_id, cursor=cursor))
     return ExecutionSubscription(
         principal=principal,
         execution_id=execution_id,
@@ -96,7 +81,7 @@ async def open_subscription(
 
 async def open_inbox(credentials: Credentials, *, execution_id: str | None) -> Principal:
     """The principal of an inbox stream (full access only), with its optional execution filter checked."""
-    principal = await _or_unavailable(aauthenticate(credentials))
+    principal = await or_unavailable(aauthenticate(credentials))
     if not principal.is_full_access:
         raise PermissionDenied("The inbox needs a staff session or the API key.")
     if execution_id is not None:

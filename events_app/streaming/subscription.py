@@ -25,7 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
 from django.db import Error as DatabaseError
@@ -41,10 +41,24 @@ from .crossprocess import CrossProcessWatcher
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # What one subscriber holds at a time: a log read of at most this many events
 # (the rest is read as soon as these are sent), and this many doorbells queued.
 MAX_READ_EVENTS = 500
 MAX_QUEUED_DOORBELLS = 100
+
+
+async def or_unavailable(work: Awaitable[T]) -> T:
+    """``work``'s result; a database error becomes ``ServiceUnavailable`` (503 / close 4503).
+
+    How every stream reports a database that does not answer while it opens
+    or reads its first page (the policy table in ``opening``).
+    """
+    try:
+        return await work
+    except DatabaseError as error:
+        raise ServiceUnavailable() from error
 
 
 class GroupListener:
@@ -325,10 +339,7 @@ class ExecutionSubscription:
         Raises ``ServiceUnavailable`` if the database does not answer.
         """
         self._next_catch_up = self._loop.time() + humaninput_settings.CATCHUP_SECONDS
-        try:
-            events = self._note_size(await self.follower.catch_up())
-        except DatabaseError as error:
-            raise ServiceUnavailable() from error
+        events = self._note_size(await or_unavailable(self.follower.catch_up()))
         self._by_log.inc(len(events))
         return events
 
