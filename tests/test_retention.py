@@ -32,8 +32,9 @@ from events_app.models import (
     HumanInputRequest,
     RequestStatus,
 )
+from harness.server import wait_until
 
-from .conftest import POLL_INTERVAL, uses_postgres
+from .conftest import uses_postgres
 
 pytestmark = pytest.mark.django_db
 
@@ -326,11 +327,11 @@ def test_a_writer_of_the_execution_being_pruned_waits_for_the_batch_then_continu
         if connection.in_atomic_block and writer.ident is None:  # the batch's own decision
             writer.start()
             if uses_postgres():
-                # Its sequence UPSERT must queue on the row this batch locked.
-                deadline = time.monotonic() + 15
-                while backends_waiting_for_a_lock() == 0:
-                    assert time.monotonic() < deadline, "the writer never waited for the prune's lock"
-                    time.sleep(POLL_INTERVAL)
+                # Its sequence UPSERT must queue on the row this batch locked (a state only
+                # PostgreSQL holds, so it is re-read until it shows, within the deadline).
+                wait_until(
+                    backends_waiting_for_a_lock, timeout=15, what="the writer to wait for the prune's lock"
+                )
         return found
 
     monkeypatch.setattr(retention, "_prunable", a_writer_arrives_inside_the_batch)
